@@ -1,0 +1,34 @@
+# Two everyday commands: `make demo` and `make test`. Both set up .venv first (idempotent).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+GLUE_DIR ?= $(if $(wildcard ../shared/glue),$(abspath ../shared/glue),)
+export GLUE_DIR FLWR_TELEMETRY_ENABLED=0 TOKENIZERS_PARALLELISM=false
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+# torch is installed first and pinned: its CPU build is what a plain machine should get.
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=$(if $(GLUE_DIR),1,0) $(BIN)/fedpafi simulate
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

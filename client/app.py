@@ -1,0 +1,83 @@
+"""fedpafi ClientApp: rebuild the model from the shared state, train locally, reply.
+
+The run config and the global state arrive in the message; the node config gives this
+SuperNode its partition (and optionally its own `data-dir`).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from common import protocol as p
+from common.config import RunConfig
+from common.glue import load_split, partition
+from common.session import Session
+from common.train import train_locally
+from common.updates import encode_update
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=2)
+def _session(config_json: str) -> Session:
+    """One model and mask per process and config: Ray actors serve many rounds."""
+    return Session.build(RunConfig.from_mapping(json.loads(config_json)))
+
+
+@lru_cache(maxsize=4)
+def _shards(task: str, data_dir: str, num: int, alpha: float, iid: bool, seed: int):
+    return partition(load_split(task, "train", data_dir), num, alpha, iid, seed, task)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    config = msg.content[p.CONFIG]
+    cfg = RunConfig.from_mapping(json.loads(str(config[p.RUN_CONFIG])))
+    if context.node_config.get("data-dir"):
+        cfg = cfg.replace(data_dir=str(context.node_config["data-dir"]))
+    session = _session(json.dumps(cfg.to_dict(), sort_keys=True))
+    if session.method.mask is not None:
+        session.method.mask.check(str(config[p.FINGERPRINT]))
+
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config["num-partitions"])
+    shard = _shards(cfg.task, cfg.resolved_data_dir, num_partitions, cfg.alpha, cfg.iid,
+                    cfg.seed)[partition_id]
+    state = {k: v for k, v in msg.content[p.ARRAYS].to_torch_state_dict().items()}
+    session.method.load(state)
+    server_round = int(config[p.ROUND])
+    result = train_locally(session.method, shard, session.tokenizer, session.task, cfg,
+                           server_round, partition_id, _progress(cfg, partition_id))
+    if cfg.verbose:
+        print(f"  client {partition_id}: {result.steps} steps, loss {result.loss:.4f}, "
+              f"{result.seconds:.1f}s", flush=True)
+
+    arrays = encode_update(session.method.update(), session.codec)
+    reply = RecordDict({
+        p.UPDATE: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+        p.METRICS: MetricRecord({
+            p.NUM_EXAMPLES: result.num_examples,
+            "train-loss": result.loss,
+            "train-steps": result.steps,
+            "train-seconds": result.seconds,
+            p.PARTITION: partition_id,
+        }),
+        p.REPLY_INFO: ConfigRecord({p.CODEC: cfg.codec, p.FINGERPRINT: session.fingerprint}),
+    })
+    return Message(content=reply, reply_to=msg)
+
+
+def _progress(cfg: RunConfig, partition_id: int):
+    if not cfg.verbose:
+        return None
+    every = max(1, cfg.local_steps // 4)
+
+    def report(step: int, total: int, loss: float) -> None:
+        if step % every == 0 or step == total:
+            print(f"  client {partition_id}: step {step}/{total} loss {loss:.4f}", flush=True)
+
+    return report

@@ -1,0 +1,178 @@
+"""One resolved set of run settings, shared by the CLI, `flwr run` and the ClientApp.
+
+Keys are kebab-case everywhere a user types them (CLI flags, `[tool.flwr.app.config]`),
+snake_case as Python attributes. The server sends the whole config to clients in each
+message, so a SuperNode needs nothing but its partition id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from common.errors import ConfigError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "mask_scope": ("global", "per-tensor"),
+    "mask_criterion": ("smallest", "largest", "random"),
+    "hiwi_target": ("bias", "weight"),
+    "hiwi_sync": ("merged", "adapter"),
+    "server_opt": ("fedavg",),
+    "device": ("auto", "cpu", "cuda"),
+}
+MASK_INCLUDE_PARTS = ("bias", "layernorm")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run; defaults are the demo (pafi-hiwi on SST-2, 4 clients)."""
+
+    method: str = "pafi-hiwi"
+    task: str = "sst2"
+    num_clients: int = 4
+    clients_per_round: int = 0  # 0: every client, every round
+    alpha: float = 0.5
+    iid: bool = False
+    rounds: int = 3
+    local_steps: int = 20
+    local_epochs: float = 0.0  # > 0 replaces local-steps with passes over the shard
+    batch_size: int = 16
+    max_seq_length: int = 128
+    lr: float = 0.0  # 0: the method's default learning rate
+    sparsity: float = 0.005
+    mask_k: int = 0  # > 0 replaces sparsity with an absolute number of entries
+    mask_scope: str = "global"
+    mask_criterion: str = "smallest"
+    mask_include: str = ""  # comma list of extra parameter kinds: bias, layernorm
+    hiwi_target: str = "bias"
+    hiwi_rank: int = 8
+    hiwi_sync: str = "merged"
+    codec: str = "fp32"
+    server_opt: str = "fedavg"
+    seed: int = 42
+    model: str = DEFAULT_MODEL
+    data_dir: str = ""  # empty: $GLUE_DIR, else the Hugging Face hub
+    eval_max_examples: int = 256  # 0: the whole dev set
+    eval_batch_size: int = 64
+    out: str = "runs"
+    run_name: str = ""  # empty: <timestamp>-<method>-<task>
+    device: str = "auto"
+    client_cpus: float = 2.0
+    client_gpus: float = 0.0
+    verbose: bool = False
+
+    # ---- conversions -------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Kebab-case mapping, the form of `[tool.flwr.app.config]` and config.json."""
+        return {_kebab(f.name): getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from kebab- or snake-case keys, coercing types; unknown keys are errors."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, raw in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(
+                    f"Unknown setting '{key}'. Known settings: "
+                    f"{', '.join(_kebab(n) for n in known)}."
+                )
+            kwargs[name] = _coerce(key, raw, type(getattr(cls(), name)))
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ---- derived values ----------------------------------------------------------
+
+    @property
+    def resolved_data_dir(self) -> str:
+        """The GLUE folder to read, or '' to read from the Hugging Face hub."""
+        return self.data_dir or os.environ.get("GLUE_DIR", "")
+
+    @property
+    def mask_include_parts(self) -> tuple[str, ...]:
+        return tuple(sorted(p.strip() for p in self.mask_include.split(",") if p.strip()))
+
+    @property
+    def sampled_clients(self) -> int:
+        return self.clients_per_round or self.num_clients
+
+    # ---- validation --------------------------------------------------------------
+
+    def validate(self) -> RunConfig:
+        """Check every setting before any work starts; returns self for chaining."""
+        from common.codecs import CODECS
+        from common.glue import TASKS
+        from common.methods import METHODS
+
+        _one_of("method", self.method, tuple(METHODS))
+        _one_of("task", self.task, tuple(TASKS))
+        _one_of("codec", self.codec, tuple(CODECS))
+        for name, allowed in CHOICES.items():
+            _one_of(_kebab(name), getattr(self, name), allowed)
+        for part in self.mask_include_parts:
+            _one_of("mask-include", part, MASK_INCLUDE_PARTS)
+        _positive("num-clients", self.num_clients)
+        _positive("rounds", self.rounds)
+        _positive("batch-size", self.batch_size)
+        _positive("hiwi-rank", self.hiwi_rank)
+        _positive("eval-batch-size", self.eval_batch_size)
+        if self.max_seq_length < 8:
+            raise ConfigError(f"max-seq-length must be at least 8, got {self.max_seq_length}.")
+        if self.local_steps <= 0 and self.local_epochs <= 0:
+            raise ConfigError("Set local-steps > 0 or local-epochs > 0: clients must train.")
+        if not 0 <= self.clients_per_round <= self.num_clients:
+            raise ConfigError(
+                f"clients-per-round must be between 1 and num-clients ({self.num_clients}),"
+                f" or 0 for all; got {self.clients_per_round}."
+            )
+        if not 0 < self.sparsity <= 1:
+            raise ConfigError(f"sparsity is a fraction in (0, 1], got {self.sparsity}.")
+        for name in ("mask_k", "eval_max_examples", "lr", "client_cpus", "client_gpus"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_kebab(name)} must be >= 0, got {getattr(self, name)}.")
+        if not self.iid and self.alpha <= 0:
+            raise ConfigError(f"alpha must be > 0 (or use iid), got {self.alpha}.")
+        return self
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _one_of(setting: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"Unknown {setting} '{value}'. Allowed: {', '.join(allowed)}.")
+
+
+def _positive(setting: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{setting} must be > 0, got {value}.")
+
+
+def _coerce(key: str, raw: Any, kind: type) -> Any:
+    """Convert a CLI string or TOML value to the field's type, with a clear error."""
+    try:
+        if kind is bool:
+            if isinstance(raw, str):
+                if raw.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if raw.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(raw)
+            return bool(raw)
+        if kind is int and isinstance(raw, float) and not raw.is_integer():
+            raise ValueError(raw)
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"Setting '{key}' expects {kind.__name__}, got {raw!r}."
+        ) from None

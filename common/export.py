@@ -1,0 +1,82 @@
+"""The end of a run: a compact update file and a plain Hugging Face checkpoint.
+
+Both come from one path: the compact update (PaFi values in mask order, the HiWi change,
+the head) is merged into a freshly loaded pre-trained backbone. So the saved checkpoint
+is exactly what anyone rebuilds from the public backbone plus `update.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from common.config import RunConfig
+from common.errors import ConfigError, MaskMismatchError
+from common.methods.base import State
+from common.model import load_backbone
+from common.session import Session
+
+FORMAT = "fedpafi-update/1"
+
+
+def save_update(session: Session, compact: State, path: Path) -> None:
+    metadata = {
+        "format": FORMAT,
+        "method": session.cfg.method,
+        "task": session.cfg.task,
+        "model": session.cfg.model,
+        "model_identity": session.method.identity,
+        "fingerprint": session.fingerprint,
+        "run_config": json.dumps(session.cfg.to_dict(), sort_keys=True),
+    }
+    save_file({k: v.contiguous() for k, v in compact.items()}, str(path), metadata)
+
+
+def load_update(path: Path) -> tuple[State, dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise ConfigError(f"Cannot read update file {path}: {exc}") from None
+    if metadata.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not a fedpafi update file (format {FORMAT}).")
+    return tensors, metadata
+
+
+def merged_model(session: Session, compact: State):
+    """A plain pre-trained backbone with the compact update folded in."""
+    plain = load_backbone(session.cfg.model, session.task, session.cfg.seed).model
+    plain.to(next(session.method.model.parameters()).device)
+    return session.method.merge_into(plain, compact).eval()
+
+
+def save_checkpoint(session: Session, compact: State, folder: Path):
+    """Write a checkpoint that `AutoModelForSequenceClassification` loads as is."""
+    model = merged_model(session, compact)
+    model.save_pretrained(folder)
+    session.tokenizer.save_pretrained(folder)
+    return model
+
+
+def session_for_update(path: Path, model: str = "") -> tuple[Session, State]:
+    """Rebuild the run's method on the backbone, refusing a different backbone or mask."""
+    compact, metadata = load_update(path)
+    cfg = RunConfig.from_mapping(json.loads(metadata["run_config"]))
+    cfg = cfg.replace(model=model or cfg.model)
+    session = Session.build(cfg)
+    if session.method.identity != metadata["model_identity"]:
+        raise MaskMismatchError(
+            f"Backbone '{cfg.model}' is not the one this update was trained on "
+            f"(weights digest {session.method.identity[:12]} vs "
+            f"{metadata['model_identity'][:12]}). Pass --model with the original backbone."
+        )
+    if session.fingerprint != metadata["fingerprint"]:
+        raise MaskMismatchError(
+            f"Mask fingerprint mismatch: the update holds {metadata['fingerprint']}, this "
+            f"backbone and settings give {session.fingerprint}."
+        )
+    return session, compact

@@ -1,0 +1,74 @@
+"""The method registry: adding a method is one module of parts plus one entry here."""
+
+from __future__ import annotations
+
+from common.config import RunConfig
+from common.errors import ConfigError
+from common.mask import Mask, MaskSettings, compute_mask, eligible_parameters
+from common.methods.base import Method, MethodSpec, Part
+from common.methods.head import DensePart
+from common.methods.hiwi import HiWiPart
+from common.methods.pafi import MaskedDeltaPart
+from common.model import Backbone
+
+
+def _head(backbone: Backbone) -> Part:
+    return DensePart(backbone.model, backbone.head_names, prefix="head.")
+
+
+def _hiwi(backbone: Backbone, cfg: RunConfig) -> Part:
+    return HiWiPart(backbone.model, cfg.hiwi_target, cfg.hiwi_rank, cfg.hiwi_sync, cfg.seed)
+
+
+def _full(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
+    names = tuple(n for n, _ in backbone.model.named_parameters())
+    return [DensePart(backbone.model, names, prefix="full.")]
+
+
+def _pafi(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
+    return [MaskedDeltaPart(backbone.model, mask), _head(backbone)]
+
+
+def _hiwi_only(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
+    return [_hiwi(backbone, cfg), _head(backbone)]
+
+
+def _pafi_hiwi(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
+    return [MaskedDeltaPart(backbone.model, mask), _hiwi(backbone, cfg), _head(backbone)]
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("full", "all weights, dense", 1e-4, False, _full),
+        MethodSpec("pafi", "masked deltas + head", 1e-2, True, _pafi),
+        MethodSpec("hiwi", "HiWi adapter + head", 1e-2, False, _hiwi_only),
+        MethodSpec("pafi-hiwi", "masked deltas + HiWi + head", 1e-2, True, _pafi_hiwi),
+    )
+}
+
+
+def mask_settings(cfg: RunConfig) -> MaskSettings:
+    return MaskSettings(
+        sparsity=cfg.sparsity,
+        k=cfg.mask_k,
+        scope=cfg.mask_scope,
+        criterion=cfg.mask_criterion,
+        include=cfg.mask_include_parts,
+        seed=cfg.seed,
+    )
+
+
+def backbone_mask(backbone: Backbone, cfg: RunConfig) -> Mask:
+    """The shared mask of this backbone under the run's mask settings."""
+    params = eligible_parameters(backbone.model, cfg.mask_include_parts, backbone.head_names)
+    return compute_mask(params, mask_settings(cfg), backbone.identity)
+
+
+def build_method(backbone: Backbone, cfg: RunConfig) -> Method:
+    """Bind the configured method to a freshly loaded backbone."""
+    if cfg.method not in METHODS:
+        raise ConfigError(f"Unknown method '{cfg.method}'. Allowed: {', '.join(METHODS)}.")
+    spec = METHODS[cfg.method]
+    mask = backbone_mask(backbone, cfg) if spec.uses_mask else None
+    return Method(spec, backbone, cfg, mask)

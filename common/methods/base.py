@@ -1,0 +1,149 @@
+"""The one interface every method implements, as a composition of trained parts.
+
+A part owns one slice of the model (the masked deltas, a HiWi adapter, the head, ...):
+its values in a canonical layout (named flat tensors), how they load, which tensors the
+optimizer trains, and how its update merges into a plain model. A method is a list of
+parts plus a default learning rate. Loading resets every part to the pre-trained values
+first and then applies each part's state additively, so parts that touch the same tensor
+(PaFi entries of a HiWi-targeted weight) compose exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from common.config import RunConfig
+from common.errors import UpdateError
+from common.mask import Mask
+from common.model import Backbone
+
+State = dict[str, torch.Tensor]
+
+
+class Part(ABC):
+    """One trained slice of the model."""
+
+    @abstractmethod
+    def state(self) -> State:
+        """Current values, in the layout the server keeps and averages."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Put every value this part touches back to its pre-trained value."""
+
+    @abstractmethod
+    def apply(self, state: State) -> None:
+        """Bring a global state in (after all parts were reset)."""
+
+    @abstractmethod
+    def parameters(self) -> list[nn.Parameter]:
+        """What the optimizer trains (and keeps state for)."""
+
+    def post_step(self) -> None:
+        """Called after each optimizer step (PaFi writes its deltas into the weights)."""
+
+    def compact(self) -> State:
+        """The state in merge-ready form (for the update file); by default the state."""
+        return self.state()
+
+    @abstractmethod
+    def merge_into(self, model: nn.Module, compact: State) -> None:
+        """Add this part's compact update to a plain pre-trained model."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registry entry: what a method trains and sends."""
+
+    name: str
+    summary: str
+    default_lr: float
+    uses_mask: bool
+    build_parts: Callable[[Backbone, RunConfig, Mask | None], list[Part]]
+
+
+class Method:
+    """A method bound to one model: load a global state, train, report the update, merge."""
+
+    def __init__(self, spec: MethodSpec, backbone: Backbone, cfg: RunConfig, mask: Mask | None):
+        self.spec = spec
+        self.lr = cfg.lr or spec.default_lr
+        self.model = backbone.model
+        self.identity = backbone.identity
+        self.mask = mask
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        self.parts = spec.build_parts(backbone, cfg, mask)
+        self.layout = {k: (tuple(v.shape), v.dtype) for k, v in self.state().items()}
+        self._loaded: State = self.state()
+
+    def state(self) -> State:
+        out: State = {}
+        for part in self.parts:
+            out.update(part.state())
+        return out
+
+    def load(self, state: State) -> None:
+        """Make the model equal to pre-trained + this global state, ready to train."""
+        self.check_layout(state, "global state")
+        for part in self.parts:
+            part.reset()
+        for part in self.parts:
+            part.apply({k: state[k].to(self._device) for k in part.state()})
+        self._loaded = {k: v.detach().clone() for k, v in self.state().items()}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for part in self.parts for p in part.parameters()]
+
+    def post_step(self) -> None:
+        for part in self.parts:
+            part.post_step()
+
+    def update(self) -> State:
+        """Local change since the last load, in the same layout as the state."""
+        return {k: (v - self._loaded[k]).detach().cpu() for k, v in self.state().items()}
+
+    def compact(self) -> State:
+        out: State = {}
+        for part in self.parts:
+            out.update({k: v.detach().cpu() for k, v in part.compact().items()})
+        return out
+
+    def merge_into(self, model: nn.Module, compact: State) -> nn.Module:
+        """Fold a compact update into a plain pre-trained model (same architecture)."""
+        with torch.no_grad():
+            for part in self.parts:
+                part.merge_into(model, compact)
+        return model
+
+    def check_layout(self, state: State, what: str) -> None:
+        """Refuse anything whose keys, shapes or dtypes differ from this method's layout."""
+        missing = sorted(set(self.layout) - set(state))
+        extra = sorted(set(state) - set(self.layout))
+        if missing or extra:
+            raise UpdateError(
+                f"{what} does not fit method '{self.spec.name}': missing {missing}, "
+                f"unexpected {extra}."
+            )
+        for key, (shape, dtype) in self.layout.items():
+            value = state[key]
+            if tuple(value.shape) != shape or value.dtype != dtype:
+                raise UpdateError(
+                    f"{what} entry '{key}' has shape {tuple(value.shape)} and dtype "
+                    f"{value.dtype}; method '{self.spec.name}' expects {shape} {dtype}."
+                )
+
+    def num_values(self) -> int:
+        """Values in one update: the floor of what a client must send."""
+        return sum(math.prod(shape) for shape, _ in self.layout.values())
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+

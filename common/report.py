@@ -1,0 +1,37 @@
+"""Human-readable progress: the per-round table and byte sizes."""
+
+from __future__ import annotations
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(size) < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def table_header(metric: str) -> str:
+    return (
+        f"{'round':>5} | {metric:>22} | {'loss':>7} | {'up/client':>10} | "
+        f"{'down/client':>11} | {'total MB':>8} | {'clients':>7} | {'s':>6}"
+    )
+
+
+def table_row(record: dict, metric: str, cumulative_bytes: float) -> str:
+    value = record["metrics"].get(metric, float("nan"))
+    return (
+        f"{record['round']:>5} | {value:>22.4f} | {record['loss']:>7.4f} | "
+        f"{human_bytes(record['bytes_up_per_client']):>10} | "
+        f"{human_bytes(record['bytes_down_per_client']):>11} | "
+        f"{cumulative_bytes / 1e6:>8.2f} | {len(record['clients']):>7} | {record['wall_s']:>6.1f}"
+    )
+
+
+def upload_comparison(upload_per_client: float, full_bytes: float) -> str:
+    """The one line that says what the method saves against dense fine-tuning."""
+    ratio = full_bytes / upload_per_client if upload_per_client else float("inf")
+    return (
+        f"upload per client per round: {human_bytes(upload_per_client)} vs "
+        f"{human_bytes(full_bytes)} for full fine-tuning, {ratio:,.0f}x less"
+    )

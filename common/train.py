@@ -1,0 +1,112 @@
+"""Local training and evaluation, shared by clients, the server and the CLI.
+
+Batches are tokenized on the fly with dynamic padding (short GLUE sentences stay cheap) and
+drawn in an order fixed by (seed, round, partition), so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from common.config import RunConfig
+from common.glue import TaskSpec
+from common.methods import Method
+from common.metrics import compute_metrics
+
+
+@dataclass
+class TrainResult:
+    num_examples: int  # shard size: the FedAvg weight
+    steps: int
+    loss: float  # mean training loss over the local steps
+    seconds: float
+
+
+def encode(tokenizer, rows: dict[str, list], task: TaskSpec, max_length: int,
+           device: torch.device) -> dict[str, torch.Tensor]:
+    """Tokenize one batch (sentence pairs where the task has them) and attach labels."""
+    pair = rows["text_b"] if any(rows["text_b"]) else None
+    batch = tokenizer(rows["text_a"], pair, truncation=True, max_length=max_length,
+                      padding=True, return_tensors="pt")
+    dtype = torch.float32 if task.is_regression else torch.long
+    batch["labels"] = torch.tensor(rows["label"], dtype=dtype)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def local_steps(cfg: RunConfig, shard_size: int) -> int:
+    if cfg.local_epochs > 0:
+        return max(1, math.ceil(cfg.local_epochs * shard_size / cfg.batch_size))
+    return cfg.local_steps
+
+
+def train_locally(
+    method: Method,
+    shard: Dataset,
+    tokenizer,
+    task: TaskSpec,
+    cfg: RunConfig,
+    server_round: int,
+    partition_id: int,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> TrainResult:
+    """Run the local budget on one shard; the method's parts keep the model consistent."""
+    start = time.perf_counter()
+    model = method.model
+    device = next(model.parameters()).device
+    steps = local_steps(cfg, len(shard))
+    order = _batch_order(len(shard), steps * cfg.batch_size, (cfg.seed, server_round, partition_id))
+    torch.manual_seed(cfg.seed * 7919 + server_round * 101 + partition_id)
+    optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=method.lr, weight_decay=0.0)
+    model.train()
+    losses = []
+    for step in range(steps):
+        rows = shard[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
+        loss = model(**encode(tokenizer, rows, task, cfg.max_seq_length, device)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.post_step()
+        losses.append(loss.item())
+        if progress:
+            progress(step + 1, steps, losses[-1])
+    model.eval()
+    return TrainResult(len(shard), steps, float(np.mean(losses)), time.perf_counter() - start)
+
+
+def _batch_order(size: int, needed: int, seed: tuple[int, ...]) -> list[int]:
+    """Shuffled passes over the shard, as many as the budget needs."""
+    rng = np.random.default_rng(seed)
+    passes = -(-needed // size)
+    return np.concatenate([rng.permutation(size) for _ in range(passes)])[:needed].tolist()
+
+
+def eval_subset(dataset: Dataset, max_examples: int, seed: int) -> Dataset:
+    """A fixed random subset of the dev set (the same for every method under one seed)."""
+    if not max_examples or max_examples >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(max_examples))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: Dataset, tokenizer, task: TaskSpec,
+             max_length: int, batch_size: int = 64) -> tuple[dict[str, float], float]:
+    """Official GLUE metrics and mean loss of `model` on `dataset`."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs, labels, loss_sum = [], [], 0.0
+    for begin in range(0, len(dataset), batch_size):
+        rows = dataset[begin : begin + batch_size]
+        batch = encode(tokenizer, rows, task, max_length, device)
+        out = model(**batch)
+        loss_sum += out.loss.item() * len(rows["label"])
+        outputs.append(out.logits.float().cpu().numpy())
+        labels.append(np.asarray(rows["label"]))
+    predictions, truth = np.concatenate(outputs), np.concatenate(labels)
+    return compute_metrics(task, predictions, truth), loss_sum / len(dataset)

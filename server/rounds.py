@@ -1,0 +1,68 @@
+"""Per-round bookkeeping: evaluate the merged global model, log the round, print a row."""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ArrayRecord, MetricRecord
+
+from common import report
+from common.run_folder import RunFolder
+from common.session import Session
+from common.train import evaluate
+from server.strategy import FedPafiStrategy
+
+
+class RoundReporter:
+    """Flower's `evaluate_fn`: called with round 0 (untrained) and after every round."""
+
+    def __init__(self, session: Session, strategy: FedPafiStrategy, folder: RunFolder) -> None:
+        self.session = session
+        self.strategy = strategy
+        self.folder = folder
+        self.metric = session.task.main_metric
+        self.floor_up = session.codec.floor_bytes(session.method.num_values())
+        self.initial: dict[str, float] = {}
+        self.records: list[dict] = []
+        self.cumulative_bytes = 0.0
+        self.started = time.perf_counter()
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        self.session.method.load(arrays.to_torch_state_dict())
+        cfg = self.session.cfg
+        metrics, loss = evaluate(self.session.method.model, self.session.dev_set,
+                                 self.session.tokenizer, self.session.task,
+                                 cfg.max_seq_length, cfg.eval_batch_size)
+        if server_round == 0:
+            self.initial = {**metrics, "loss": loss}
+            print(f"round 0 (pre-trained backbone, new head): dev {self.metric} "
+                  f"{metrics[self.metric]:.4f}", flush=True)
+            print(report.table_header(self.metric), flush=True)
+        else:
+            self._log_round(server_round, metrics, loss)
+        return MetricRecord({**metrics, "loss": loss})
+
+    def _log_round(self, server_round: int, metrics: dict[str, float], loss: float) -> None:
+        traffic = self.strategy.traffic.get(server_round)
+        up, down = traffic.bytes_up, traffic.bytes_down
+        record = {
+            "round": server_round,
+            "metrics": metrics,
+            "loss": loss,
+            "train_loss": traffic.train_loss,
+            "clients": traffic.clients,
+            "rejected": traffic.rejected,
+            "bytes_up": sum(up),
+            "bytes_down": sum(down),
+            "bytes_up_per_client": sum(up) / len(up) if up else 0.0,
+            "bytes_down_per_client": sum(down) / len(down) if down else 0.0,
+            "floor_bytes_up_per_client": self.floor_up,
+            "codec": self.session.codec.label,
+            "wall_s": time.perf_counter() - traffic.started,
+        }
+        self.cumulative_bytes += record["bytes_up"] + record["bytes_down"]
+        self.records.append(record)
+        self.folder.append_round(record)
+        print(report.table_row(record, self.metric, self.cumulative_bytes), flush=True)
+        for rejected in traffic.rejected:
+            print(f"      rejected node {rejected['node_id']}: {rejected['reason']}", flush=True)

@@ -1,0 +1,147 @@
+"""FedAvg in the method's update space, with validation and byte accounting.
+
+Flower's FedAvg averages whole ArrayRecords; here replies are encoded updates (fp16,
+int8, ...) that must be decoded and checked first, so `aggregate_train` is replaced.
+Sampling, message construction and the round loop are Flower's.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+from common import protocol as p
+from common.errors import FedPafiError
+from common.methods.base import State
+from common.session import Session
+from common.updates import add, decode_update, weighted_mean
+
+
+def message_bytes(message: Message) -> int:
+    """Bytes Flower carries for a message: every deflated object of its tree, once."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+
+
+@dataclass
+class RoundTraffic:
+    """What one round sent and received, and from whom."""
+
+    started: float = field(default_factory=time.perf_counter)
+    bytes_down: list[int] = field(default_factory=list)
+    bytes_up: list[int] = field(default_factory=list)
+    clients: list[int] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    train_loss: float | None = None
+
+
+class FedPafiStrategy(FedAvg):
+    def __init__(self, session: Session) -> None:
+        cfg = session.cfg
+        super().__init__(
+            fraction_evaluate=0.0,  # the server evaluates the merged model itself
+            min_train_nodes=cfg.sampled_clients,
+            min_available_nodes=cfg.sampled_clients,
+        )
+        self.session = session
+        self.state: State = session.method.state()
+        self.traffic: dict[int, RoundTraffic] = {}
+
+    def initial_arrays(self) -> ArrayRecord:
+        return ArrayRecord(self.state)
+
+    def base_config(self) -> ConfigRecord:
+        return ConfigRecord({
+            p.RUN_CONFIG: json.dumps(self.session.cfg.to_dict(), sort_keys=True),
+            p.FINGERPRINT: self.session.fingerprint,
+        })
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        traffic = self.traffic.setdefault(server_round, RoundTraffic())
+        random.seed(self.session.cfg.seed * 1_000_003 + server_round)  # reproducible sample
+        _, available = sample_nodes(grid, self.min_available_nodes, self.min_train_nodes)
+        nodes = random.sample(sorted(available), self.min_train_nodes)
+        config[p.ROUND] = server_round
+        messages = [
+            Message(content=self._record(arrays, config), message_type="train", dst_node_id=n)
+            for n in nodes
+        ]
+        traffic.bytes_down = [message_bytes(m) for m in messages]
+        return messages
+
+    @staticmethod
+    def _record(arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        return RecordDict({p.ARRAYS: arrays, p.CONFIG: config})
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        traffic = self.traffic.setdefault(server_round, RoundTraffic())
+        accepted: list[ValidReply] = []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            traffic.bytes_up.append(message_bytes(reply))
+            try:
+                accepted.append(self._validated(reply))
+            except FedPafiError as exc:
+                traffic.rejected.append({"node_id": node, "reason": str(exc)})
+        if not accepted:
+            return None, None
+        accepted.sort(key=lambda r: r.partition_id)  # a fixed summation order
+        traffic.clients = [r.node_id for r in accepted]
+        weights = [r.num_examples for r in accepted]
+        self.state = add(self.state, weighted_mean([r.update for r in accepted], weights))
+        traffic.train_loss = sum(r.num_examples * r.loss for r in accepted) / sum(weights)
+        return ArrayRecord(self.state), MetricRecord({"train-loss": traffic.train_loss})
+
+    def _validated(self, reply: Message) -> ValidReply:
+        """Decode and check one reply, or raise with the reason it is refused."""
+        if reply.has_error():
+            raise RejectedReply(f"client error: {reply.error.reason}")
+        content = reply.content
+        if any(key not in content for key in (p.UPDATE, p.METRICS, p.REPLY_INFO)):
+            needed = f"{p.UPDATE}, {p.METRICS}, {p.REPLY_INFO}"
+            raise RejectedReply(f"reply lacks a record: needs {needed}")
+        info, metrics = content[p.REPLY_INFO], content[p.METRICS]
+        if info.get(p.FINGERPRINT) != self.session.fingerprint:
+            raise RejectedReply(
+                f"mask fingerprint {info.get(p.FINGERPRINT)!r} differs from the server's "
+                f"{self.session.fingerprint!r}"
+            )
+        if info.get(p.CODEC) != self.session.codec.name:
+            expected = self.session.codec.name
+            raise RejectedReply(f"codec {info.get(p.CODEC)!r}, expected {expected!r}")
+        num_examples = float(metrics.get(p.NUM_EXAMPLES, 0))
+        if not num_examples > 0:
+            raise RejectedReply(f"{p.NUM_EXAMPLES} must be > 0, got {num_examples}")
+        arrays = {key: array.numpy() for key, array in content[p.UPDATE].items()}
+        return ValidReply(
+            node_id=reply.metadata.src_node_id,
+            update=decode_update(arrays, self.session.codec, self.session.method.layout),
+            num_examples=num_examples,
+            partition_id=int(metrics.get(p.PARTITION, 0)),
+            loss=float(metrics.get("train-loss", float("nan"))),
+        )
+
+
+@dataclass
+class ValidReply:
+    node_id: int
+    update: State
+    num_examples: float
+    partition_id: int
+    loss: float
+
+
+class RejectedReply(FedPafiError):
+    """A reply that must not reach the aggregate."""

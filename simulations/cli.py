@@ -1,0 +1,205 @@
+"""The `fedpafi` command: simulate, mask, export, evaluate.
+
+Run options are generated from RunConfig, so every flag matches a `[tool.flwr.app.config]`
+key of the same (kebab-case) name. Errors a user can fix print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+from common.config import RunConfig  # noqa: E402
+from common.errors import FedPafiError  # noqa: E402
+
+HELP = {
+    "method": "pafi-hiwi (default), pafi, hiwi, full",
+    "task": "GLUE task: sst2 mrpc rte cola stsb qnli qqp mnli wnli",
+    "clients-per-round": "clients sampled per round (0: all)",
+    "local-epochs": "passes over the local shard (replaces local-steps when > 0)",
+    "lr": "learning rate (0: the method's default)",
+    "sparsity": "PaFi mask size as a fraction of eligible weights",
+    "mask-k": "PaFi mask size as an absolute count (replaces sparsity)",
+    "mask-include": "extra mask candidates: bias, layernorm (comma list)",
+    "hiwi-sync": "merged: send P'-P; adapter: send adapter parameters",
+    "model": "backbone: all-MiniLM-L6-v2 (offline), a HF id or a local folder",
+    "data-dir": "classic GLUE folder (default: $GLUE_DIR, else the HF hub)",
+    "eval-max-examples": "dev examples evaluated each round (0: all)",
+    "out": "parent folder of the run folder",
+    "device": "auto uses a GPU when one is present",
+}
+
+
+MASK_OPTIONS = ("model", "sparsity", "mask_k", "mask_scope", "mask_criterion", "mask_include",
+                "seed")
+
+
+def add_run_options(parser: argparse.ArgumentParser, only: tuple[str, ...] = ()) -> None:
+    """One flag per RunConfig field, defaulting to None so only given flags override."""
+    defaults = RunConfig()
+    for field in dataclasses.fields(RunConfig):
+        if only and field.name not in only:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        help_text = f"{HELP.get(flag[2:], '')} [default: {default!r}]".strip()
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, type=str, default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
+             if getattr(args, f.name, None) is not None}
+    return RunConfig.from_mapping(given).validate()
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Fail on a bad model or data folder before Ray or Flower start anything."""
+    from common.glue import load_split
+    from common.model import resolve_model
+
+    resolve_model(cfg.model)
+    for split in ("train", "validation"):
+        load_split(cfg.task, split, cfg.resolved_data_dir)
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from client.app import app as client_app
+    from server.app import serve
+
+    cfg = config_from_args(args)
+    preflight(cfg)
+    if not cfg.verbose:  # Flower's per-step INFO lines and notices would bury the table
+        logging.getLogger("flwr").setLevel(logging.ERROR)
+    folders: list[Path] = []
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid, context) -> None:
+        folders.append(serve(grid, cfg))
+
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=cfg.num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": cfg.client_gpus},
+            "init_args": {"logging_level": "error" if not cfg.verbose else "info"},
+        },
+        verbose_logging=cfg.verbose,
+    )
+    if not folders:
+        raise FedPafiError("The simulation ended without finishing the run (see the log above).")
+
+
+def cmd_mask(args: argparse.Namespace) -> None:
+    from common.glue import get_task
+    from common.methods import backbone_mask
+    from common.model import load_backbone
+
+    cfg = config_from_args(args)
+    backbone = load_backbone(cfg.model, get_task(cfg.task), cfg.seed)  # the head is not masked
+    mask = backbone_mask(backbone, cfg)
+    print(f"{'tensor':<60} {'selected':>9} {'of':>10} {'%':>7}")
+    for name, (chosen, size) in mask.counts().items():
+        print(f"{name:<60} {chosen:>9,} {size:>10,} {100 * chosen / size:>6.3f}%")
+    print(f"k = {mask.k:,} of {mask.num_eligible:,} eligible "
+          f"({100 * mask.k / mask.num_eligible:.3f}%), {len(mask.indices)} tensors")
+    print(f"fingerprint {mask.fingerprint}")
+    if args.mask_out:
+        mask.save(args.mask_out)
+        print(f"saved {args.mask_out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from common.export import save_checkpoint, session_for_update
+
+    update = Path(args.update)
+    if update.is_dir():
+        update = update / "update.safetensors"
+    if not update.is_file():
+        raise FedPafiError(f"No update file at {update}: pass a run folder or update.safetensors.")
+    session, compact = session_for_update(update, args.model or "")
+    save_checkpoint(session, compact, Path(args.export_out))
+    print(f"merged checkpoint written to {args.export_out} "
+          f"(loads with AutoModelForSequenceClassification.from_pretrained)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from common.glue import get_task, load_split
+    from common.train import eval_subset, evaluate
+
+    cfg = RunConfig.from_mapping({k: v for k, v in {
+        "task": args.task, "data_dir": args.data_dir, "seed": args.seed,
+        "eval_max_examples": args.eval_max_examples, "max_seq_length": args.max_seq_length,
+    }.items() if v is not None}).validate()
+    task = get_task(cfg.task)
+    if not (Path(args.model) / "config.json").is_file():
+        raise FedPafiError(f"{args.model} is not a checkpoint folder (no config.json).")
+    model = AutoModelForSequenceClassification.from_pretrained(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    dev = eval_subset(load_split(task, "validation", cfg.resolved_data_dir),
+                      cfg.eval_max_examples, cfg.seed)
+    metrics, loss = evaluate(model, dev, tokenizer, task, cfg.max_seq_length)
+    print(json.dumps({"task": task.name, "examples": len(dev), "loss": loss, **metrics}, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedpafi", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    simulate = commands.add_parser("simulate", help="run a federated simulation (Flower + Ray)")
+    add_run_options(simulate)
+    simulate.set_defaults(func=cmd_simulate)
+
+    mask = commands.add_parser("mask", help="compute the shared PaFi mask and its fingerprint")
+    add_run_options(mask, only=MASK_OPTIONS)
+    mask.add_argument("--out", dest="mask_out", metavar="FILE", help="save the mask (safetensors)")
+    mask.set_defaults(func=cmd_mask)
+
+    export = commands.add_parser("export", help="merge an update file into a HF checkpoint")
+    export.add_argument("--update", required=True, help="run folder or update.safetensors")
+    export.add_argument("--out", dest="export_out", required=True, help="checkpoint folder")
+    export.add_argument("--model", help="backbone (default: the one the run used)")
+    export.set_defaults(func=cmd_export)
+
+    evaluate = commands.add_parser("evaluate", help="score a checkpoint on a GLUE dev set")
+    evaluate.add_argument("--model", required=True, help="checkpoint folder")
+    evaluate.add_argument("--task", required=True)
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--eval-max-examples", help="0: the whole dev set [default: 256]")
+    evaluate.add_argument("--max-seq-length")
+    evaluate.add_argument("--seed")
+    evaluate.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FedPafiError as exc:
+        print(f"fedpafi: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny random BERT for unit tests, and the real GLUE folder.
+
+`GLUE_DIR` set but wrong fails loudly; unset skips the data tests locally, but under CI
+(`CI` set) a missing `GLUE_DIR` is a failure, so CI can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GLUE_TASK_FOLDERS = ("SST-2", "MRPC", "RTE", "CoLA", "STS-B")
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    value = os.environ.get("GLUE_DIR", "")
+    if not value:
+        if os.environ.get("CI"):
+            pytest.fail("CI must set GLUE_DIR to a classic GLUE folder (../shared/glue).")
+        pytest.skip("GLUE_DIR is not set: data tests need a classic GLUE folder.")
+    path = Path(value)
+    missing = [t for t in GLUE_TASK_FOLDERS if not (path / t / "dev.tsv").is_file()]
+    if missing:
+        pytest.fail(f"GLUE_DIR={value} is not a classic GLUE folder: no dev.tsv for {missing}.")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random BERT saved as a base model with a real tokenizer, like a hub id."""
+    from tests.tiny import save_tiny_backbone
+
+    return save_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"))

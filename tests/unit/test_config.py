@@ -1,0 +1,48 @@
+"""Settings: one set of names for the CLI, `[tool.flwr.app.config]` and config.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from common.config import RunConfig
+from common.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pyproject_flower_config_matches_defaults():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["config"] == RunConfig().to_dict()
+
+
+def test_from_mapping_coerces_strings_and_accepts_both_spellings():
+    cfg = RunConfig.from_mapping({"num-clients": "7", "iid": "true", "lr": "1e-3",
+                                  "local_steps": 3})
+    assert (cfg.num_clients, cfg.iid, cfg.lr, cfg.local_steps) == (7, True, 1e-3, 3)
+    assert RunConfig.from_mapping(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"method": "lorax"}, "Unknown method 'lorax'. Allowed: full, pafi, hiwi, pafi-hiwi"),
+    ({"task": "imdb"}, "Unknown task 'imdb'"),
+    ({"codec": "int4"}, "Unknown codec 'int4'. Allowed: fp32, fp16, bf16, int8"),
+    ({"mask-scope": "local"}, "Allowed: global, per-tensor"),
+    ({"mask-include": "bias,heads"}, "Unknown mask-include 'heads'"),
+    ({"sparsity": 2.0}, "sparsity is a fraction"),
+    ({"clients-per-round": 9}, "clients-per-round must be between 1 and num-clients"),
+    ({"local-steps": 0}, "clients must train"),
+    ({"alpha": 0.0}, "alpha must be > 0"),
+])
+def test_validation_names_the_setting_and_allowed_values(values, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        RunConfig.from_mapping(values).validate()
+
+
+def test_unknown_setting_and_bad_type_are_clear():
+    with pytest.raises(ConfigError, match="Unknown setting 'round'"):
+        RunConfig.from_mapping({"round": 3})
+    with pytest.raises(ConfigError, match="'rounds' expects int, got 'three'"):
+        RunConfig.from_mapping({"rounds": "three"})

@@ -1,0 +1,136 @@
+"""Every method: layout round trip, training changes only its slice, merge equivalence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.codecs import CODECS
+from common.config import RunConfig
+from common.glue import get_task
+from common.methods import METHODS, build_method
+from common.model import load_backbone
+from common.updates import decode_update, encode_update
+
+TASK = get_task("sst2")
+VARIANTS = [
+    ("full", "merged", "bias"),
+    ("pafi", "merged", "bias"),
+    ("hiwi", "merged", "bias"),
+    ("hiwi", "adapter", "bias"),
+    ("hiwi", "adapter", "weight"),
+    ("pafi-hiwi", "merged", "bias"),
+    ("pafi-hiwi", "adapter", "weight"),  # HiWi on weights that PaFi also masks
+]
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    enc = tokenizer(["a fine film", "dull and long", "great fun", "not good"], padding=True,
+                    return_tensors="pt")
+    return {**enc, "labels": torch.tensor([1, 0, 1, 0])}
+
+
+def _method(model_dir, name, sync="merged", target="bias", **extra):
+    cfg = RunConfig(method=name, model=str(model_dir), sparsity=0.05, hiwi_sync=sync,
+                    hiwi_target=target, **extra)
+    return build_method(load_backbone(str(model_dir), TASK, seed=0), cfg)
+
+
+def _logits(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
+def _train(method, batch, steps=3):
+    optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=1e-2)
+    method.model.train()
+    for _ in range(steps):
+        method.model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        method.post_step()
+    return optimizer
+
+
+def test_registry_has_the_core_methods():
+    assert {"full", "pafi", "hiwi", "pafi-hiwi"} <= set(METHODS)
+
+
+@pytest.mark.parametrize("name, sync, target", VARIANTS)
+def test_state_round_trips_through_every_codec_layout(tiny_model_dir, name, sync, target):
+    method = _method(tiny_model_dir, name, sync, target)
+    state = {k: torch.randn_like(v) * 0.01 for k, v in method.state().items()}
+    wire = decode_update(encode_update(state, CODECS["fp32"]), CODECS["fp32"], method.layout)
+    method.load(wire)
+    assert all(torch.equal(method.state()[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("name, sync, target", VARIANTS)
+def test_training_then_merge_gives_the_same_model(tiny_model_dir, batch, name, sync, target):
+    method = _method(tiny_model_dir, name, sync, target)
+    pretrained = _logits(method.model, batch)
+    _train(method, batch)
+    trained = _logits(method.model, batch)
+    assert not torch.allclose(trained, pretrained)
+    update = method.update()
+    assert set(update) == set(method.layout) and any(v.abs().sum() > 0 for v in update.values())
+    plain = load_backbone(str(tiny_model_dir), TASK, seed=1).model  # a different head init
+    method.merge_into(plain, method.compact())
+    assert not any("parametrizations" in n for n, _ in plain.named_parameters())
+    torch.testing.assert_close(_logits(plain, batch), trained, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name, sync, target", VARIANTS)
+def test_load_resets_to_pretrained_plus_state(tiny_model_dir, batch, name, sync, target):
+    method = _method(tiny_model_dir, name, sync, target)
+    initial = method.state()
+    before = _logits(method.model, batch)
+    _train(method, batch)
+    method.load(initial)
+    torch.testing.assert_close(_logits(method.model, batch), before, atol=1e-6, rtol=0)
+
+
+def test_hiwi_starts_as_the_identity(tiny_model_dir, batch):
+    plain = load_backbone(str(tiny_model_dir), TASK, seed=0).model
+    for target in ("bias", "weight"):
+        method = _method(tiny_model_dir, "hiwi", "adapter", target)
+        assert torch.equal(_logits(method.model, batch), _logits(plain, batch))
+
+
+def test_pafi_changes_only_masked_entries_and_keeps_k_optimizer_values(tiny_model_dir, batch):
+    method = _method(tiny_model_dir, "pafi")
+    params = dict(method.model.named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+    optimizer = _train(method, batch)
+    for name, idx in method.mask.indices.items():
+        changed = (params[name].detach() != before[name]).reshape(-1).nonzero().flatten()
+        assert set(changed.tolist()) <= set(idx.tolist()) and changed.numel() > 0
+    untouched = set(params) - set(method.mask.indices) - {"classifier.weight", "classifier.bias"}
+    assert all(torch.equal(params[n], before[n]) for n in untouched)
+    state_values = sum(t.numel() for s in optimizer.state.values() for t in s.values()
+                       if torch.is_tensor(t) and t.ndim > 0)
+    head = sum(params[n].numel() for n in ("classifier.weight", "classifier.bias"))
+    assert state_values == 2 * (method.mask.k + head)  # Adam: two moments per value
+
+
+def test_pafi_update_equals_the_change_of_masked_weights(tiny_model_dir, batch):
+    method = _method(tiny_model_dir, "pafi")
+    params = dict(method.model.named_parameters())
+    before = {n: params[n].detach().reshape(-1)[i].clone() for n, i in method.mask.indices.items()}
+    _train(method, batch)
+    after = torch.cat([params[n].detach().reshape(-1)[i] for n, i in method.mask.indices.items()])
+    expected = after - torch.cat(list(before.values()))
+    torch.testing.assert_close(method.update()["pafi.delta"], expected, atol=1e-6, rtol=0)
+
+
+def test_hiwi_merged_sync_sends_far_fewer_values_than_the_adapter(tiny_model_dir):
+    merged = _method(tiny_model_dir, "hiwi", "merged").num_values()
+    adapter = _method(tiny_model_dir, "hiwi", "adapter").num_values()
+    ffn = 64 * 2  # tiny model: FFN width 64, two layers
+    assert merged == ffn + 2 * 32 + 2
+    assert adapter > merged
