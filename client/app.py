@@ -15,8 +15,9 @@ from flwr.clientapp import ClientApp
 from common import protocol as p
 from common.config import RunConfig
 from common.glue import load_split, partition
+from common.methods.base import State
 from common.session import Session
-from common.train import train_locally
+from common.train import TrainResult, train_locally
 from common.updates import encode_update
 
 app = ClientApp()
@@ -47,8 +48,7 @@ def train(msg: Message, context: Context) -> Message:
     num_partitions = int(context.node_config["num-partitions"])
     shard = _shards(cfg.task, cfg.resolved_data_dir, num_partitions, cfg.alpha, cfg.iid,
                     cfg.seed)[partition_id]
-    state = {k: v for k, v in msg.content[p.ARRAYS].to_torch_state_dict().items()}
-    session.method.load(state)
+    session.method.load(msg.content[p.ARRAYS].to_torch_state_dict())
     server_round = int(config[p.ROUND])
     result = train_locally(session.method, shard, session.tokenizer, session.task, cfg,
                            server_round, partition_id, _progress(cfg, partition_id))
@@ -56,8 +56,15 @@ def train(msg: Message, context: Context) -> Message:
         print(f"  client {partition_id}: {result.steps} steps, loss {result.loss:.4f}, "
               f"{result.seconds:.1f}s", flush=True)
 
-    arrays = encode_update(session.method.update(), session.codec)
-    reply = RecordDict({
+    reply = reply_record(session, session.method.update(), result, partition_id)
+    return Message(content=reply, reply_to=msg)
+
+
+def reply_record(session: Session, update: State, result: TrainResult,
+                 partition_id: int) -> RecordDict:
+    """What a client sends back: the encoded update, its weight and metrics, its codec."""
+    arrays = encode_update(update, session.codec)
+    return RecordDict({
         p.UPDATE: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
         p.METRICS: MetricRecord({
             p.NUM_EXAMPLES: result.num_examples,
@@ -66,9 +73,9 @@ def train(msg: Message, context: Context) -> Message:
             "train-seconds": result.seconds,
             p.PARTITION: partition_id,
         }),
-        p.REPLY_INFO: ConfigRecord({p.CODEC: cfg.codec, p.FINGERPRINT: session.fingerprint}),
+        p.REPLY_INFO: ConfigRecord({p.CODEC: session.codec.name,
+                                    p.FINGERPRINT: session.fingerprint}),
     })
-    return Message(content=reply, reply_to=msg)
 
 
 def _progress(cfg: RunConfig, partition_id: int):

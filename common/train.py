@@ -63,21 +63,33 @@ def train_locally(
     steps = local_steps(cfg, len(shard))
     order = _batch_order(len(shard), steps * cfg.batch_size, (cfg.seed, server_round, partition_id))
     torch.manual_seed(cfg.seed * 7919 + server_round * 101 + partition_id)
-    optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=method.lr, weight_decay=0.0)
+    optimizer = make_optimizer(method)
     model.train()
     losses = []
     for step in range(steps):
         rows = shard[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
-        loss = model(**encode(tokenizer, rows, task, cfg.max_seq_length, device)).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        method.post_step()
-        losses.append(loss.item())
+        losses.append(train_step(method, optimizer, encode(tokenizer, rows, task,
+                                                           cfg.max_seq_length, device)))
         if progress:
             progress(step + 1, steps, losses[-1])
     model.eval()
     return TrainResult(len(shard), steps, float(np.mean(losses)), time.perf_counter() - start)
+
+
+def make_optimizer(method: Method) -> torch.optim.Optimizer:
+    """AdamW over the method's trainable values only: its state is as small as they are."""
+    return torch.optim.AdamW(method.trainable_parameters(), lr=method.lr, weight_decay=0.0)
+
+
+def train_step(method: Method, optimizer: torch.optim.Optimizer,
+               batch: dict[str, torch.Tensor]) -> float:
+    """One local step on a ready batch; the method syncs its parts after the update."""
+    loss = method.model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    method.post_step()
+    return loss.item()
 
 
 def _batch_order(size: int, needed: int, seed: tuple[int, ...]) -> list[int]:

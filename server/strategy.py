@@ -17,18 +17,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from common import protocol as p
 from common.errors import FedPafiError
 from common.methods.base import State
 from common.session import Session
 from common.updates import add, decode_update, weighted_mean
-
-
-def message_bytes(message: Message) -> int:
-    """Bytes Flower carries for a message: every deflated object of its tree, once."""
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+from server.traffic import message_bytes
 
 
 @dataclass

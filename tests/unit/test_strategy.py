@@ -1,0 +1,67 @@
+"""The server's reply validation and byte accounting, on replies built as clients build them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from client.app import reply_record
+from common.config import RunConfig
+from common.session import Session
+from common.train import TrainResult
+from server.strategy import FedPafiStrategy, RejectedReply
+from server.traffic import message_bytes, standalone_reply
+
+
+@pytest.fixture(scope="module")
+def strategy(tiny_model_dir):
+    cfg = RunConfig(model=str(tiny_model_dir), sparsity=0.05, num_clients=2)
+    return FedPafiStrategy(Session.build(cfg))
+
+
+def _reply(strategy, update=None, examples=100, partition=0):
+    session = strategy.session
+    update = update if update is not None else {
+        k: torch.full_like(v, 0.5) for k, v in session.method.state().items()}
+    result = TrainResult(num_examples=examples, steps=1, loss=0.3, seconds=0.1)
+    return standalone_reply(reply_record(session, update, result, partition))
+
+
+def test_valid_replies_are_averaged_by_example_count(strategy):
+    before = {k: v.clone() for k, v in strategy.state.items()}
+    ones = {k: torch.ones_like(v) for k, v in before.items()}
+    threes = {k: 3 * torch.ones_like(v) for k, v in before.items()}
+    arrays, metrics = strategy.aggregate_train(1, [_reply(strategy, ones, 300, 1),
+                                                   _reply(strategy, threes, 100, 0)])
+    for key, value in strategy.state.items():
+        torch.testing.assert_close(value, before[key] + 1.5)  # (300*1 + 100*3) / 400
+    assert metrics["train-loss"] == pytest.approx(0.3)
+    assert strategy.traffic[1].rejected == [] and len(strategy.traffic[1].bytes_up) == 2
+
+
+@pytest.mark.parametrize("spoil, reason", [
+    (lambda r: r.content["info"].__setitem__("mask-fingerprint", "abc"), "mask fingerprint 'abc'"),
+    (lambda r: r.content["info"].__setitem__("codec", "fp16"), "codec 'fp16', expected 'fp32'"),
+    (lambda r: r.content["metrics"].__setitem__("num-examples", 0), "num-examples must be > 0"),
+    (lambda r: r.content.__delitem__("update"), "reply lacks a record"),
+])
+def test_bad_replies_are_rejected_with_a_reason(strategy, spoil, reason):
+    reply = _reply(strategy)
+    spoil(reply)
+    with pytest.raises(RejectedReply, match=reason):
+        strategy._validated(reply)
+
+
+def test_a_nan_update_never_reaches_the_aggregate(strategy):
+    state = {k: v.clone() for k, v in strategy.state.items()}
+    bad = {k: torch.full_like(v, float("nan")) for k, v in state.items()}
+    arrays, _ = strategy.aggregate_train(2, [_reply(strategy, bad)])
+    assert arrays is None
+    assert all(torch.equal(strategy.state[k], state[k]) for k in state)
+    assert "non-finite" in strategy.traffic[2].rejected[0]["reason"]
+
+
+def test_measured_upload_tracks_the_floor(strategy):
+    floor = strategy.session.codec.floor_bytes(strategy.session.method.num_values())
+    measured = message_bytes(_reply(strategy))
+    assert floor < measured < floor + 4096  # framing: headers, keys, metrics
