@@ -14,6 +14,7 @@ from flwr.clientapp import ClientApp
 
 from common import protocol as p
 from common.config import RunConfig
+from common.errors import ConfigError
 from common.glue import load_split, partition
 from common.methods.base import State
 from common.session import Session
@@ -46,6 +47,12 @@ def train(msg: Message, context: Context) -> Message:
 
     partition_id = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config["num-partitions"])
+    if num_partitions != cfg.num_clients:
+        raise ConfigError(
+            f"This SuperNode splits the data {num_partitions} ways (num-partitions) but the "
+            f"run has num-clients={cfg.num_clients}; they must match. With flwr run, use "
+            f"--federation-config 'num-supernodes={cfg.num_clients}'."
+        )
     shard = _shards(cfg.task, cfg.resolved_data_dir, num_partitions, cfg.alpha, cfg.iid,
                     cfg.seed)[partition_id]
     session.method.load(msg.content[p.ARRAYS].to_torch_state_dict())

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from common.config import RunConfig
-from common.errors import ConfigError, MaskMismatchError
+from common.errors import MaskMismatchError
+from common.files import read_safetensors
 from common.methods.base import State
 from common.model import load_backbone
 from common.session import Session
@@ -36,15 +36,7 @@ def save_update(session: Session, compact: State, path: Path) -> None:
 
 
 def load_update(path: Path) -> tuple[State, dict[str, str]]:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except (OSError, SafetensorError) as exc:
-        raise ConfigError(f"Cannot read update file {path}: {exc}") from None
-    if metadata.get("format") != FORMAT:
-        raise ConfigError(f"{path} is not a fedpafi update file (format {FORMAT}).")
-    return tensors, metadata
+    return read_safetensors(path, FORMAT, "update")
 
 
 def merged_model(session: Session, compact: State):

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from common.errors import ConfigError, MaskMismatchError
+from common.files import read_safetensors
 
 FORMAT = "fedpafi-mask/1"
 # A parameter inside a repeated encoder block: BERT/RoBERTa `encoder.layer.3.`,
@@ -99,15 +99,7 @@ class Mask:
 
     @classmethod
     def load(cls, path: str | Path) -> Mask:
-
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-            tensors = load_file(str(path))
-        except (OSError, SafetensorError) as exc:
-            raise ConfigError(f"Cannot read mask file {path}: {exc}") from None
-        if metadata.get("format") != FORMAT:
-            raise ConfigError(f"{path} is not a fedpafi mask file (format {FORMAT}).")
+        tensors, metadata = read_safetensors(path, FORMAT, "mask")
         raw = json.loads(metadata["settings"])
         raw["include"] = tuple(raw.get("include", ()))
         shapes = {n: tuple(s) for n, s in json.loads(metadata["shapes"]).items()}

@@ -63,6 +63,7 @@ class FedPafiStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         traffic = self.traffic.setdefault(server_round, RoundTraffic())
+        self._hint_if_waiting(grid)
         random.seed(self.session.cfg.seed * 1_000_003 + server_round)  # reproducible sample
         _, available = sample_nodes(grid, self.min_available_nodes, self.min_train_nodes)
         nodes = random.sample(sorted(available), self.min_train_nodes)
@@ -73,6 +74,13 @@ class FedPafiStrategy(FedAvg):
         ]
         traffic.bytes_down = [message_bytes(m) for m in messages]
         return messages
+
+    def _hint_if_waiting(self, grid: Grid) -> None:
+        connected, needed = len(list(grid.get_node_ids())), self.min_available_nodes
+        if connected < needed:
+            print(f"waiting for {needed} SuperNodes (num-clients), {connected} connected; "
+                  f"for a local `flwr run`, size the federation to match: "
+                  f"--federation-config 'num-supernodes={needed}'", flush=True)
 
     @staticmethod
     def _record(arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:

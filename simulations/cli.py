@@ -75,6 +75,18 @@ def preflight(cfg: RunConfig) -> None:
         load_split(cfg.task, split, cfg.resolved_data_dir)
 
 
+def client_gpus(cfg: RunConfig) -> float:
+    """Ray GPU share per client: with `--device auto` and a GPU, four clients share it."""
+    if cfg.client_gpus or cfg.device == "cpu":
+        return cfg.client_gpus
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0.0
+    print("GPU found: clients train on it, four at a time (set --client-gpus to change)")
+    return 0.25
+
+
 def cmd_simulate(args: argparse.Namespace) -> None:
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
@@ -98,7 +110,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         client_app=client_app,
         num_supernodes=cfg.num_clients,
         backend_config={
-            "client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": cfg.client_gpus},
+            "client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": client_gpus(cfg)},
             "init_args": {"logging_level": "error" if not cfg.verbose else "info"},
         },
         verbose_logging=cfg.verbose,

@@ -22,8 +22,8 @@ ROUND_FIELDS = {
     "round", "metrics", "loss", "clients", "rejected", "bytes_up", "bytes_down",
     "bytes_up_per_client", "bytes_down_per_client", "floor_bytes_up_per_client", "wall_s",
 }
-SETTINGS = ["--task", "sst2", "--num-clients", "2", "--rounds", "2", "--local-steps", "12",
-            "--eval-max-examples", "128", "--seed", "7"]
+SETTINGS = ["--task", "sst2", "--num-clients", "2", "--rounds", "2", "--local-steps", "30",
+            "--eval-max-examples", "128", "--seed", "7", "--iid"]
 
 
 def fedpafi(*args: str) -> subprocess.CompletedProcess:

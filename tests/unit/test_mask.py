@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from common.errors import MaskMismatchError
+from common.errors import ConfigError, MaskMismatchError
 from common.glue import get_task
 from common.mask import Mask, MaskSettings, compute_mask, eligible_parameters
 from common.model import load_backbone
@@ -130,3 +130,15 @@ def test_mismatch_names_both_fingerprints(backbone):
     mask = compute_mask(_eligible(backbone), MaskSettings(), "id")
     with pytest.raises(MaskMismatchError, match=f"server holds abc.*computed {mask.fingerprint}"):
         mask.check("abc")
+
+
+def test_corrupt_or_foreign_files_are_refused(backbone, tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file")
+    with pytest.raises(ConfigError, match="Cannot read mask file"):
+        Mask.load(garbage)
+    mask = compute_mask(_eligible(backbone), MaskSettings(), "id")
+    mask.indices[next(iter(mask.indices))][0] += 1  # tampered after the fingerprint
+    mask.save(tmp_path / "tampered.safetensors")
+    with pytest.raises(MaskMismatchError, match="corrupt"):
+        Mask.load(tmp_path / "tampered.safetensors")
