@@ -64,15 +64,13 @@ class FedPafiStrategy(FedAvg):
     ) -> Iterable[Message]:
         traffic = self.traffic.setdefault(server_round, RoundTraffic())
         self._hint_if_waiting(grid)
-        random.seed(self.session.cfg.seed * 1_000_003 + server_round)  # reproducible sample
         _, available = sample_nodes(grid, self.min_available_nodes, self.min_train_nodes)
-        nodes = random.sample(sorted(available), self.min_train_nodes)
+        sampler = random.Random(self.session.cfg.seed * 1_000_003 + server_round)
+        nodes = sampler.sample(sorted(available), self.min_train_nodes)
         config[p.ROUND] = server_round
-        messages = [
-            Message(content=self._record(arrays, config), message_type="train", dst_node_id=n)
-            for n in nodes
-        ]
-        traffic.bytes_down = [message_bytes(m) for m in messages]
+        record = self._record(arrays, config)
+        messages = [Message(content=record, message_type="train", dst_node_id=n) for n in nodes]
+        traffic.bytes_down = [message_bytes(messages[0])] * len(messages)  # same content
         return messages
 
     def _hint_if_waiting(self, grid: Grid) -> None:
