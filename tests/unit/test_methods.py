@@ -134,3 +134,15 @@ def test_hiwi_merged_sync_sends_far_fewer_values_than_the_adapter(tiny_model_dir
     ffn = 64 * 2  # tiny model: FFN width 64, two layers
     assert merged == ffn + 2 * 32 + 2
     assert adapter > merged
+
+
+@pytest.mark.parametrize("include", ["", "bias"])
+def test_pafi_gradient_equals_the_dense_gradient_at_masked_entries(tiny_model_dir, batch, include):
+    method = _method(tiny_model_dir, "pafi", mask_include=include)
+    method.model.eval()  # no dropout: both passes see the same function
+    method.model(**batch).loss.backward()
+    dense = load_backbone(str(tiny_model_dir), TASK, seed=0).model.eval()
+    params = dict(dense.named_parameters())
+    dense(**batch).loss.backward()
+    expected = torch.cat([params[n].grad.reshape(-1)[i] for n, i in method.mask.indices.items()])
+    torch.testing.assert_close(method.parts[0].delta.grad, expected, atol=1e-6, rtol=1e-4)
