@@ -7,6 +7,7 @@ SuperNode its partition (and optionally its own `data-dir`).
 from __future__ import annotations
 
 import json
+import time
 from functools import lru_cache
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -15,6 +16,7 @@ from flwr.clientapp import ClientApp
 from common import protocol as p
 from common.config import RunConfig
 from common.errors import ConfigError
+from common.faults import InjectedCrash, corrupt, pick_fault
 from common.glue import load_split, partition
 from common.methods.base import State
 from common.session import Session
@@ -57,18 +59,24 @@ def train(msg: Message, context: Context) -> Message:
                     cfg.seed)[partition_id]
     session.method.load(msg.content[p.ARRAYS].to_torch_state_dict())
     server_round = int(config[p.ROUND])
+    fault = pick_fault(cfg, server_round, partition_id)
+    if fault == "crash":
+        raise InjectedCrash(f"client {partition_id} crashed on purpose (fault-rate)")
     result = train_locally(session.method, shard, session.tokenizer, session.task, cfg,
                            server_round, partition_id, _progress(cfg, partition_id))
     if cfg.verbose:
         print(f"  client {partition_id}: {result.steps} steps, loss {result.loss:.4f}, "
               f"{result.seconds:.1f}s", flush=True)
 
-    reply = reply_record(session, session.method.update(), result, partition_id)
+    update, fingerprint = corrupt(fault, session.method.update(), session.fingerprint)
+    if fault == "slow":
+        time.sleep(cfg.round_timeout + 1)  # answers after the server stopped waiting
+    reply = reply_record(session, update, result, partition_id, fingerprint)
     return Message(content=reply, reply_to=msg)
 
 
-def reply_record(session: Session, update: State, result: TrainResult,
-                 partition_id: int) -> RecordDict:
+def reply_record(session: Session, update: State, result: TrainResult, partition_id: int,
+                 fingerprint: str | None = None) -> RecordDict:
     """What a client sends back: the encoded update, its weight and metrics, its codec."""
     arrays = encode_update(update, session.codec)
     return RecordDict({
@@ -80,8 +88,10 @@ def reply_record(session: Session, update: State, result: TrainResult,
             "train-seconds": result.seconds,
             p.PARTITION: partition_id,
         }),
-        p.REPLY_INFO: ConfigRecord({p.CODEC: session.codec.name,
-                                    p.FINGERPRINT: session.fingerprint}),
+        p.REPLY_INFO: ConfigRecord({
+            p.CODEC: session.codec.name,
+            p.FINGERPRINT: session.fingerprint if fingerprint is None else fingerprint,
+        }),
     })
 
 

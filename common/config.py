@@ -26,6 +26,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
 }
 MASK_INCLUDE_PARTS = ("bias", "layernorm")
+FAULT_KINDS = ("crash", "nan", "wrong-length", "wrong-fingerprint", "slow")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ class RunConfig:
     device: str = "auto"
     client_cpus: float = 2.0
     client_gpus: float = 0.0
+    min_replies: int = 1  # valid replies a round needs; fewer: the round is skipped
+    max_update_norm: float = 0.0  # > 0: refuse updates with a larger L2 norm
+    round_timeout: float = 3600.0  # seconds the server waits for a round's replies
+    fault_rate: float = 0.0  # simulations: share of client rounds that misbehave on purpose
+    fault_kinds: str = ",".join(FAULT_KINDS)
     verbose: bool = False
 
     # ---- conversions -------------------------------------------------------------
@@ -105,6 +111,10 @@ class RunConfig:
     def sampled_clients(self) -> int:
         return self.clients_per_round or self.num_clients
 
+    @property
+    def fault_kind_list(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.fault_kinds.split(",") if k.strip())
+
     # ---- validation --------------------------------------------------------------
 
     def validate(self) -> RunConfig:
@@ -120,6 +130,18 @@ class RunConfig:
             _one_of(_kebab(name), getattr(self, name), allowed)
         for part in self.mask_include_parts:
             _one_of("mask-include", part, MASK_INCLUDE_PARTS)
+        for kind in self.fault_kind_list:
+            _one_of("fault-kinds", kind, FAULT_KINDS)
+        if not 0 <= self.fault_rate <= 1:
+            raise ConfigError(f"fault-rate is a fraction in [0, 1], got {self.fault_rate}.")
+        if self.fault_rate and not self.fault_kind_list:
+            raise ConfigError(f"fault-rate > 0 needs fault-kinds from: {', '.join(FAULT_KINDS)}.")
+        if not 1 <= self.min_replies <= self.sampled_clients:
+            raise ConfigError(
+                f"min-replies must be between 1 and the clients sampled per round "
+                f"({self.sampled_clients}), got {self.min_replies}."
+            )
+        _positive("round-timeout", self.round_timeout)
         _positive("num-clients", self.num_clients)
         _positive("rounds", self.rounds)
         _positive("batch-size", self.batch_size)
@@ -136,7 +158,8 @@ class RunConfig:
             )
         if not 0 < self.sparsity <= 1:
             raise ConfigError(f"sparsity is a fraction in (0, 1], got {self.sparsity}.")
-        for name in ("mask_k", "eval_max_examples", "lr", "client_cpus", "client_gpus"):
+        for name in ("mask_k", "eval_max_examples", "lr", "client_cpus", "client_gpus",
+                     "max_update_norm"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_kebab(name)} must be >= 0, got {getattr(self, name)}.")
         if not self.iid and self.alpha <= 0:

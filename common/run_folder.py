@@ -1,4 +1,8 @@
-"""The run folder: config.json at the start, one rounds.jsonl line a round, summary.json."""
+"""The run folder: config.json, one rounds.jsonl line a round, a checkpoint, summary.json.
+
+The checkpoint (global state after the last completed round) is replaced atomically, so a
+server killed at any moment leaves either the previous good checkpoint or the new one.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import save_file
+
 from common.config import RunConfig
+from common.errors import ConfigError
+from common.files import read_safetensors
+
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_FORMAT = "fedpafi-checkpoint/1"
 
 
 class RunFolder:
@@ -25,12 +37,46 @@ class RunFolder:
         (path / "rounds.jsonl").write_text("")
         return folder
 
+    @classmethod
+    def existing(cls, path: str | Path) -> tuple[RunFolder, RunConfig]:
+        """An earlier run's folder and its settings, to resume it."""
+        folder = cls(Path(path).expanduser().resolve())
+        if not (folder.path / "config.json").is_file():
+            raise ConfigError(f"{folder.path} is not a fedpafi run folder (no config.json).")
+        settings = json.loads((folder.path / "config.json").read_text())
+        return folder, RunConfig.from_mapping(settings)
+
     def write_json(self, name: str, value: Any) -> None:
         """Write atomically: a reader never sees half a file."""
         target = self.path / name
         partial = target.with_suffix(target.suffix + ".partial")
         partial.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
         os.replace(partial, target)
+
+    def save_checkpoint(self, completed_round: int, state: dict[str, torch.Tensor],
+                        info: dict[str, Any]) -> None:
+        """Global state after `completed_round`, written beside and then moved into place."""
+        partial = self.path / (CHECKPOINT + ".partial")
+        metadata = {"format": CHECKPOINT_FORMAT, "round": str(completed_round),
+                    "info": json.dumps(info, sort_keys=True)}
+        save_file({k: v.contiguous() for k, v in state.items()}, str(partial), metadata)
+        os.replace(partial, self.path / CHECKPOINT)
+
+    def load_checkpoint(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+        path = self.path / CHECKPOINT
+        if not path.is_file():
+            raise ConfigError(f"{self.path} has no {CHECKPOINT}: no round was completed. "
+                              "Start a new run instead.")
+        state, metadata = read_safetensors(path, CHECKPOINT_FORMAT, "checkpoint")
+        return int(metadata["round"]), state, json.loads(metadata["info"])
+
+    def keep_rounds(self, last: int) -> list[dict[str, Any]]:
+        """Drop log lines of rounds after the checkpoint (a round cut short is redone)."""
+        kept = [r for r in self.rounds() if r["round"] <= last]
+        partial = self.path / "rounds.jsonl.partial"
+        partial.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        os.replace(partial, self.path / "rounds.jsonl")
+        return kept
 
     def append_round(self, record: dict[str, Any]) -> None:
         with open(self.path / "rounds.jsonl", "a") as handle:

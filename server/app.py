@@ -31,23 +31,30 @@ def main(grid: Grid, context: Context) -> None:
     serve(grid, RunConfig.from_mapping(context.run_config))
 
 
-def serve(grid: Grid, cfg: RunConfig) -> Path:
-    """Run the whole federation on `grid`; returns the run folder."""
+def serve(grid: Grid, cfg: RunConfig, resume: RunFolder | None = None) -> Path:
+    """Run the whole federation on `grid` (or the rest of a resumed run); returns its folder."""
     session = Session.build(cfg)
-    folder = RunFolder.create(cfg)
+    folder = resume or RunFolder.create(cfg)
     print(f"fedpafi run folder: {folder.path}", flush=True)
     _describe(session)
     _show_partitions(session, folder)
 
     strategy = FedPafiStrategy(session)
-    reporter = RoundReporter(session, strategy, folder)
-    strategy.start(
-        grid=grid,
-        initial_arrays=strategy.initial_arrays(),
-        num_rounds=cfg.rounds,
-        train_config=strategy.base_config(),
-        evaluate_fn=reporter,
-    )
+    records, initial = [], None
+    if resume:
+        done, state, info = folder.load_checkpoint()
+        strategy.resume(done, state)
+        records, initial = folder.keep_rounds(done), info["initial_metrics"]
+    reporter = RoundReporter(session, strategy, folder, records, initial)
+    if cfg.rounds > strategy.round_offset:
+        strategy.start(
+            grid=grid,
+            initial_arrays=strategy.initial_arrays(),
+            num_rounds=cfg.rounds - strategy.round_offset,
+            timeout=cfg.round_timeout,
+            train_config=strategy.base_config(),
+            evaluate_fn=reporter,
+        )
     _finish(session, strategy, reporter, folder)
     return folder.path
 

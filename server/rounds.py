@@ -16,16 +16,17 @@ from server.strategy import FedPafiStrategy
 class RoundReporter:
     """Flower's `evaluate_fn`: called with round 0 (untrained) and after every round."""
 
-    def __init__(self, session: Session, strategy: FedPafiStrategy, folder: RunFolder) -> None:
+    def __init__(self, session: Session, strategy: FedPafiStrategy, folder: RunFolder,
+                 records: list[dict] | None = None, initial: dict | None = None) -> None:
+        """`records` and `initial` carry the log of the rounds before a resume."""
         self.session = session
         self.strategy = strategy
         self.folder = folder
         self.metric = session.task.main_metric
         self.floor_up = session.codec.floor_bytes(session.method.num_values())
-        self.initial: dict[str, float] = {}
-        self.records: list[dict] = []
-        self.cumulative_bytes = 0.0
-        self.started = time.perf_counter()
+        self.initial: dict[str, float] = initial or {}
+        self.records: list[dict] = records or []
+        self.cumulative_bytes = float(sum(r["bytes_up"] + r["bytes_down"] for r in self.records))
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         self.session.method.load(arrays.to_torch_state_dict())
@@ -33,13 +34,20 @@ class RoundReporter:
         metrics, loss = evaluate(self.session.method.model, self.session.dev_set,
                                  self.session.tokenizer, self.session.task,
                                  cfg.max_seq_length, cfg.eval_batch_size)
-        if server_round == 0:
+        done = self.strategy.round_offset
+        if server_round == 0 and done:
+            print(f"resumed after round {done}: dev {self.metric} {metrics[self.metric]:.4f}",
+                  flush=True)
+        elif server_round == 0:
             self.initial = {**metrics, "loss": loss}
             print(f"round 0 (pre-trained backbone, new head): dev {self.metric} "
                   f"{metrics[self.metric]:.4f}", flush=True)
-            print(report.table_header(self.metric), flush=True)
         else:
-            self._log_round(server_round, metrics, loss)
+            self._log_round(done + server_round, metrics, loss)
+            self.folder.save_checkpoint(done + server_round, self.strategy.state,
+                                        {"initial_metrics": self.initial})
+        if server_round == 0:
+            print(report.table_header(self.metric), flush=True)
         return MetricRecord({**metrics, "loss": loss})
 
     def _log_round(self, server_round: int, metrics: dict[str, float], loss: float) -> None:
@@ -52,6 +60,7 @@ class RoundReporter:
             "train_loss": traffic.train_loss,
             "clients": traffic.clients,
             "rejected": traffic.rejected,
+            "skipped": traffic.skipped,
             "bytes_up": sum(up),
             "bytes_down": sum(down),
             "bytes_up_per_client": sum(up) / len(up) if up else 0.0,

@@ -31,10 +31,12 @@ class RoundTraffic:
     """What one round sent and received, and from whom."""
 
     started: float = field(default_factory=time.perf_counter)
+    sent_to: list[int] = field(default_factory=list)
     bytes_down: list[int] = field(default_factory=list)
     bytes_up: list[int] = field(default_factory=list)
     clients: list[int] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
+    skipped: bool = False
     train_loss: float | None = None
 
 
@@ -49,6 +51,12 @@ class FedPafiStrategy(FedAvg):
         self.session = session
         self.state: State = session.method.state()
         self.traffic: dict[int, RoundTraffic] = {}
+        self.round_offset = 0  # rounds completed before this process (a resumed run)
+
+    def resume(self, completed_round: int, state: State) -> None:
+        """Continue after `completed_round` from its checkpointed global state."""
+        self.session.method.check_layout(state, "checkpoint")
+        self.state, self.round_offset = state, completed_round
 
     def initial_arrays(self) -> ArrayRecord:
         return ArrayRecord(self.state)
@@ -62,6 +70,7 @@ class FedPafiStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         traffic = self.traffic.setdefault(server_round, RoundTraffic())
         self._hint_if_waiting(grid)
         _, available = sample_nodes(grid, self.min_available_nodes, self.min_train_nodes)
@@ -71,6 +80,7 @@ class FedPafiStrategy(FedAvg):
         record = self._record(arrays, config)
         messages = [Message(content=record, message_type="train", dst_node_id=n) for n in nodes]
         traffic.bytes_down = [message_bytes(messages[0])] * len(messages)  # same content
+        traffic.sent_to = nodes
         return messages
 
     def _hint_if_waiting(self, grid: Grid) -> None:
@@ -87,16 +97,25 @@ class FedPafiStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         traffic = self.traffic.setdefault(server_round, RoundTraffic())
         accepted: list[ValidReply] = []
+        replied = set()
         for reply in replies:
             node = reply.metadata.src_node_id
+            replied.add(node)
             traffic.bytes_up.append(message_bytes(reply))
             try:
                 accepted.append(self._validated(reply))
             except FedPafiError as exc:
                 traffic.rejected.append({"node_id": node, "reason": str(exc)})
-        if not accepted:
+        timeout = self.session.cfg.round_timeout
+        traffic.rejected += [{"node_id": node, "reason": f"no reply within {timeout:g}s"}
+                             for node in traffic.sent_to if node not in replied]
+        if len(accepted) < self.session.cfg.min_replies:
+            traffic.skipped = True
+            print(f"round {server_round} skipped: {len(accepted)} valid replies, min-replies is "
+                  f"{self.session.cfg.min_replies}; the global model stays as it was.", flush=True)
             return None, None
         accepted.sort(key=lambda r: r.partition_id)  # a fixed summation order
         traffic.clients = [r.node_id for r in accepted]
@@ -126,9 +145,14 @@ class FedPafiStrategy(FedAvg):
         if not num_examples > 0:
             raise RejectedReply(f"{p.NUM_EXAMPLES} must be > 0, got {num_examples}")
         arrays = {key: array.numpy() for key, array in content[p.UPDATE].items()}
+        update = decode_update(arrays, self.session.codec, self.session.method.layout)
+        bound = self.session.cfg.max_update_norm
+        norm = float(sum(v.double().pow(2).sum() for v in update.values()) ** 0.5)
+        if bound and norm > bound:
+            raise RejectedReply(f"update norm {norm:.4g} exceeds max-update-norm {bound:g}")
         return ValidReply(
             node_id=reply.metadata.src_node_id,
-            update=decode_update(arrays, self.session.codec, self.session.method.layout),
+            update=update,
             num_examples=num_examples,
             partition_id=int(metrics.get(p.PARTITION, 0)),
             loss=float(metrics.get("train-loss", float("nan"))),

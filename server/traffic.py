@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from flwr.app import Message, Metadata, RecordDict
+from flwr.app import Error, Message, Metadata, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 
@@ -17,7 +17,7 @@ def message_bytes(message: Message) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
 
 
-def standalone_reply(record: RecordDict) -> Message:
+def standalone_reply(record: RecordDict | Error) -> Message:
     """A client's reply built outside a running app, to measure or validate it offline.
 
     Flower needs the instruction a reply answers; without a SuperLink there is none, so one
@@ -30,4 +30,7 @@ def standalone_reply(record: RecordDict) -> Message:
                             ttl=43200.0, message_type="train")
         return Message(content=RecordDict(), metadata=metadata)
 
-    return Message(content=record, reply_to=instruction(instruction("").object_id))
+    request = instruction(instruction("").object_id)
+    if isinstance(record, Error):
+        return Message(error=record, reply_to=request)
+    return Message(content=record, reply_to=request)

@@ -92,9 +92,18 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     from flwr.simulation import run_simulation
 
     from client.app import app as client_app
+    from common.run_folder import RunFolder
     from server.app import serve
 
+    resume = None
     cfg = config_from_args(args)
+    if args.resume:
+        if cfg != RunConfig():
+            raise FedPafiError("--resume continues a run with its own config.json; "
+                               "give no other run options.")
+        resume, cfg = RunFolder.existing(args.resume)
+        cfg.validate()
+        resume.load_checkpoint()  # fail now, not inside the simulation
     preflight(cfg)
     if not cfg.verbose:  # Flower's per-step INFO lines and notices would bury the table
         logging.getLogger("flwr").setLevel(logging.ERROR)
@@ -103,7 +112,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
     @server_app.main()
     def _main(grid, context) -> None:
-        folders.append(serve(grid, cfg))
+        folders.append(serve(grid, cfg, resume))
 
     run_simulation(
         server_app=server_app,
@@ -179,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser("simulate", help="run a federated simulation (Flower + Ray)")
     add_run_options(simulate)
+    simulate.add_argument("--resume", metavar="RUN_DIR",
+                          help="continue a run from its last completed round")
     simulate.set_defaults(func=cmd_simulate)
 
     mask = commands.add_parser("mask", help="compute the shared PaFi mask and its fingerprint")
