@@ -80,3 +80,18 @@ def test_faulty_clients_are_rejected_and_the_run_completes(glue_dir, tmp_path):
     assert seen == set(reasons)  # seed 4 stages every kind in two rounds
     summary = json.loads((tmp_path / "faulty" / "summary.json").read_text())
     assert summary["rounds_completed"] == 2
+
+
+def test_slow_client_is_cut_off_by_the_round_timeout(glue_dir, tmp_path):
+    done = fedpafi("simulate", "--task", "rte", "--num-clients", "3", "--rounds", "2",
+                   "--local-steps", "2", "--eval-max-examples", "32", "--fault-rate", "0.4",
+                   "--fault-kinds", "slow", "--round-timeout", "25", "--client-cpus", "1",
+                   "--seed", "1", "--data-dir", str(glue_dir), "--out", str(tmp_path),
+                   "--run-name", "slow")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg = RunConfig(num_clients=3, fault_rate=0.4, fault_kinds="slow", seed=1)
+    for record in _rounds(tmp_path / "slow"):
+        slow = sum(pick_fault(cfg, record["round"], pid) == "slow" for pid in range(3))
+        assert [r["reason"] for r in record["rejected"]] == ["no reply within 25s"] * slow
+        assert len(record["clients"]) == 3 - slow
+    assert sum(len(r["rejected"]) for r in _rounds(tmp_path / "slow")) == 1  # seed 1: one
