@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 GLUE_DIR ?= $(if $(wildcard ../shared/glue),$(abspath ../shared/glue),)
 export GLUE_DIR FLWR_TELEMETRY_ENABLED=0 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench robustness clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ lint: setup
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run
+
+robustness: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.robustness
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -10,6 +10,7 @@ import json
 import time
 from functools import lru_cache
 
+from datasets import Dataset
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -47,16 +48,7 @@ def train(msg: Message, context: Context) -> Message:
     if session.method.mask is not None:
         session.method.mask.check(str(config[p.FINGERPRINT]))
 
-    partition_id = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config["num-partitions"])
-    if num_partitions != cfg.num_clients:
-        raise ConfigError(
-            f"This SuperNode splits the data {num_partitions} ways (num-partitions) but the "
-            f"run has num-clients={cfg.num_clients}; they must match. With flwr run, use "
-            f"--federation-config 'num-supernodes={cfg.num_clients}'."
-        )
-    shard = _shards(cfg.task, cfg.resolved_data_dir, num_partitions, cfg.alpha, cfg.iid,
-                    cfg.seed)[partition_id]
+    partition_id, shard = _own_shard(cfg, context)
     session.method.load(msg.content[p.ARRAYS].to_torch_state_dict())
     server_round = int(config[p.ROUND])
     fault = pick_fault(cfg, server_round, partition_id)
@@ -73,6 +65,21 @@ def train(msg: Message, context: Context) -> Message:
         time.sleep(cfg.round_timeout + 1)  # answers after the server stopped waiting
     reply = reply_record(session, update, result, partition_id, fingerprint)
     return Message(content=reply, reply_to=msg)
+
+
+def _own_shard(cfg: RunConfig, context: Context) -> tuple[int, Dataset]:
+    """This SuperNode's partition id and shard (every node cuts the same seeded split)."""
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config["num-partitions"])
+    if num_partitions != cfg.num_clients:
+        raise ConfigError(
+            f"This SuperNode splits the data {num_partitions} ways (num-partitions) but the "
+            f"run has num-clients={cfg.num_clients}; they must match. With flwr run, use "
+            f"--federation-config 'num-supernodes={cfg.num_clients}'."
+        )
+    shards = _shards(cfg.task, cfg.resolved_data_dir, num_partitions, cfg.alpha, cfg.iid,
+                     cfg.seed)
+    return partition_id, shards[partition_id]
 
 
 def reply_record(session: Session, update: State, result: TrainResult, partition_id: int,

@@ -35,6 +35,11 @@ def test_from_mapping_coerces_strings_and_accepts_both_spellings():
     ({"clients-per-round": 9}, "clients-per-round must be between 1 and num-clients"),
     ({"local-steps": 0}, "clients must train"),
     ({"alpha": 0.0}, "alpha must be > 0"),
+    ({"fault-kinds": "crash,meteor"}, "Unknown fault-kinds 'meteor'. Allowed: crash, nan"),
+    ({"fault-rate": 1.5}, "fault-rate is a fraction"),
+    ({"min-replies": 5}, "min-replies must be between 1 and the clients sampled per round (4)"),
+    ({"round-timeout": 0}, "round-timeout must be > 0"),
+    ({"max-update-norm": -1}, "max-update-norm must be >= 0"),
 ])
 def test_validation_names_the_setting_and_allowed_values(values, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
