@@ -4,11 +4,14 @@ from __future__ import annotations
 
 
 def human_bytes(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(size) < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    """Decimal units (1 KB = 1000 B), as network traffic is usually quoted."""
+    if abs(size) < 1000:
+        return f"{size:.0f} B"
+    for unit in ("KB", "MB"):
         size /= 1000
-    raise AssertionError("unreachable")
+        if abs(size) < 1000:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1000:.1f} GB"
 
 
 def table_header(metric: str) -> str:
