@@ -90,22 +90,17 @@ def fixed_batches(session: Session, count: int, seed: int) -> list[Batch]:
     ]
 
 
-def step(trainee: Trainee, batch: Batch) -> float:
-    """One training step exactly as clients take it (tokenization is left out of timing)."""
-    return train_step(trainee.session.method, trainee.optimizer, batch)
-
-
 def warm_up(trainee: Trainee, batches: list[Batch]) -> None:
     """Untimed steps (first-call allocations, optimizer state); notes the state's size."""
     for batch in batches:
-        trainee.losses.append(step(trainee, batch))
+        trainee.losses.append(train_step(trainee.session.method, trainee.optimizer, batch))
         if not trainee.opt_state_bytes:
             trainee.opt_state_bytes = optimizer_state_bytes(trainee.optimizer)
 
 
 def timed_step(trainee: Trainee, batch: Batch) -> None:
-    start = time.perf_counter()
-    loss = step(trainee, batch)
+    start = time.perf_counter()  # one step exactly as clients take it; batches are ready
+    loss = train_step(trainee.session.method, trainee.optimizer, batch)
     trainee.seconds.append(time.perf_counter() - start)
     trainee.losses.append(loss)
 

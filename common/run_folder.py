@@ -47,11 +47,13 @@ class RunFolder:
         return folder, RunConfig.from_mapping(settings)
 
     def write_json(self, name: str, value: Any) -> None:
-        """Write atomically: a reader never sees half a file."""
-        target = self.path / name
-        partial = target.with_suffix(target.suffix + ".partial")
-        partial.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-        os.replace(partial, target)
+        self._write_text(name, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+    def _write_text(self, name: str, text: str) -> None:
+        """Write beside, then move into place: a reader never sees half a file."""
+        partial = self.path / (name + ".partial")
+        partial.write_text(text)
+        os.replace(partial, self.path / name)
 
     def save_checkpoint(self, completed_round: int, state: dict[str, torch.Tensor],
                         info: dict[str, Any]) -> None:
@@ -73,9 +75,8 @@ class RunFolder:
     def keep_rounds(self, last: int) -> list[dict[str, Any]]:
         """Drop log lines of rounds after the checkpoint (a round cut short is redone)."""
         kept = [r for r in self.rounds() if r["round"] <= last]
-        partial = self.path / "rounds.jsonl.partial"
-        partial.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-        os.replace(partial, self.path / "rounds.jsonl")
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+        self._write_text("rounds.jsonl", lines)
         return kept
 
     def append_round(self, record: dict[str, Any]) -> None:

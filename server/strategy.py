@@ -147,9 +147,10 @@ class FedPafiStrategy(FedAvg):
         arrays = {key: array.numpy() for key, array in content[p.UPDATE].items()}
         update = decode_update(arrays, self.session.codec, self.session.method.layout)
         bound = self.session.cfg.max_update_norm
-        norm = float(sum(v.double().pow(2).sum() for v in update.values()) ** 0.5)
-        if bound and norm > bound:
-            raise RejectedReply(f"update norm {norm:.4g} exceeds max-update-norm {bound:g}")
+        if bound:
+            norm = float(sum(v.double().pow(2).sum() for v in update.values()) ** 0.5)
+            if norm > bound:
+                raise RejectedReply(f"update norm {norm:.4g} exceeds max-update-norm {bound:g}")
         return ValidReply(
             node_id=reply.metadata.src_node_id,
             update=update,
