@@ -26,49 +26,44 @@ class Codec:
     def label(self) -> str:
         return f"{self.name} (lossy)" if self.lossy else self.name
 
-    def encode(self, key: str, value: torch.Tensor) -> dict[str, np.ndarray]:
-        flat = value.detach().float().cpu().reshape(-1)
+    def encode(self, values: torch.Tensor) -> np.ndarray:
+        """One flat array on the wire; int8 appends its fp32 chunk scales as raw bytes."""
+        flat = values.detach().float().cpu().reshape(-1)
         if self.name == "fp32":
-            return {key: flat.numpy()}
+            return flat.numpy()
         if self.name == "fp16":
-            return {key: flat.half().numpy()}
+            return flat.half().numpy()
         if self.name == "bf16":
-            return {key: flat.bfloat16().view(torch.int16).numpy().view(np.uint16)}
+            return flat.bfloat16().view(torch.int16).numpy().view(np.uint16)
         padded = torch.nn.functional.pad(flat, (0, -flat.numel() % INT8_CHUNK))
         chunks = padded.view(-1, INT8_CHUNK)
         scales = chunks.abs().amax(dim=1).clamp_min(1e-30) / 127.0
         codes = torch.round(chunks / scales[:, None]).clamp(-127, 127).to(torch.int8)
-        return {key: codes.reshape(-1)[: flat.numel()].numpy(), key + ".scales": scales.numpy()}
+        scale_bytes = scales.numpy().astype(np.float32).view(np.int8)
+        return np.concatenate([codes.reshape(-1)[: flat.numel()].numpy(), scale_bytes])
 
-    def decode(
-        self, key: str, arrays: dict[str, np.ndarray], shape: tuple[int, ...]
-    ) -> torch.Tensor:
-        """Back to a float32 tensor of `shape`; anything malformed is an UpdateError."""
-        numel = int(np.prod(shape))
-        data = arrays.get(key)
+    def decode(self, data: np.ndarray, numel: int) -> torch.Tensor:
+        """Back to `numel` float32 values; anything malformed is an UpdateError."""
         expected = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16, "int8": np.int8}
-        if data is None or data.dtype != expected[self.name] or data.size != numel:
-            got = "nothing" if data is None else f"{data.dtype} x {data.size}"
+        size = self.encoded_size(numel)
+        if data.dtype != expected[self.name] or data.ndim != 1 or data.size != size:
             raise UpdateError(
-                f"'{key}' should be {numel} values of {np.dtype(expected[self.name])} "
-                f"({self.name} codec), got {got}."
+                f"the update should be {size} values of {np.dtype(expected[self.name])} "
+                f"({self.label}), got {data.dtype} x {data.size}."
             )
         if self.name == "bf16":
-            out = torch.from_numpy(data.view(np.int16).copy()).view(torch.bfloat16).float()
-        elif self.name == "int8":
-            out = self._dequantize(key, data, arrays.get(key + ".scales"), numel)
-        else:
-            out = torch.from_numpy(data.astype(np.float32))
-        return out.reshape(shape)
+            return torch.from_numpy(data.view(np.int16).copy()).view(torch.bfloat16).float()
+        if self.name != "int8":
+            return torch.from_numpy(data.astype(np.float32))
+        scales = data[numel:].copy().view(np.float32)
+        padded = np.zeros(scales.size * INT8_CHUNK, dtype=np.float32)
+        padded[:numel] = data[:numel]
+        dequantized = padded.reshape(scales.size, -1) * scales[:, None]
+        return torch.from_numpy(dequantized.reshape(-1)[:numel])
 
-    @staticmethod
-    def _dequantize(key: str, codes: np.ndarray, scales: np.ndarray | None, numel: int):
-        chunks = -(-numel // INT8_CHUNK)
-        if scales is None or scales.dtype != np.float32 or scales.size != chunks:
-            raise UpdateError(f"'{key}.scales' should be {chunks} float32 scales (int8 codec).")
-        padded = np.zeros(chunks * INT8_CHUNK, dtype=np.float32)
-        padded[:numel] = codes
-        return torch.from_numpy((padded.reshape(chunks, -1) * scales[:, None]).reshape(-1)[:numel])
+    def encoded_size(self, numel: int) -> int:
+        """Array length on the wire: the values, plus 4 bytes a chunk for int8 scales."""
+        return numel + 4 * -(-numel // INT8_CHUNK) if self.name == "int8" else numel
 
     def floor_bytes(self, num_values: int) -> int:
         """Values x bits, no indices and no framing: the least any encoding could send."""

@@ -1,10 +1,14 @@
 """Updates on the wire: encode with a codec, decode with validation, and average.
 
-Every check a server needs on a reply's payload lives here (keys, sizes, dtypes, finite
-values), so a corrupt update is refused with a reason before it can reach the aggregate.
+An update travels as one flat array in the method's layout order (both sides know the
+layout, as they know the mask), so framing costs one array, not one per tensor. Every
+check a server needs on the payload lives here (size, dtype, finite values), so a corrupt
+update is refused with a reason before it can reach the aggregate.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -16,22 +20,23 @@ from common.methods.base import State
 Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
+VALUES = "values"  # the one array of an encoded update
+
+
 def encode_update(update: State, codec: Codec) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
-    for key, value in update.items():
-        arrays.update(codec.encode(key, value))
-    return arrays
+    """The update as one flat array in layout order: names and shapes never travel."""
+    flat = torch.cat([value.detach().float().cpu().reshape(-1) for value in update.values()])
+    return {VALUES: codec.encode(flat)}
 
 
 def decode_update(arrays: dict[str, np.ndarray], codec: Codec, layout: Layout) -> State:
     """Rebuild a float32 update of exactly `layout`, or raise UpdateError saying why."""
-    expected = set()
-    for key in layout:
-        expected.update(codec.encode(key, torch.zeros(1)).keys())
-    extra = sorted(set(arrays) - expected)
-    if extra:
-        raise UpdateError(f"unexpected arrays {extra} for this method and codec {codec.name}.")
-    update = {key: codec.decode(key, arrays, shape) for key, (shape, _) in layout.items()}
+    if set(arrays) != {VALUES}:
+        raise UpdateError(f"an update is one array '{VALUES}', got {sorted(arrays)}.")
+    sizes = [math.prod(shape) for shape, _ in layout.values()]
+    flat = codec.decode(arrays[VALUES], sum(sizes))
+    update = {key: part.reshape(shape) for (key, (shape, _)), part
+              in zip(layout.items(), torch.split(flat, sizes))}
     for key, value in update.items():
         if not torch.isfinite(value).all():
             bad = int((~torch.isfinite(value)).sum())

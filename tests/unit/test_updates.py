@@ -8,7 +8,7 @@ import torch
 
 from common.codecs import CODECS, INT8_CHUNK
 from common.errors import UpdateError
-from common.updates import add, decode_update, encode_update, weighted_mean
+from common.updates import VALUES, add, decode_update, encode_update, weighted_mean
 
 LAYOUT = {"pafi.delta": ((10_000,), torch.float32), "head.w": ((2, 3), torch.float32)}
 
@@ -34,10 +34,9 @@ def test_encoded_size_matches_the_floor(name):
     codec, update = CODECS[name], _update()
     arrays = encode_update(update, codec)
     values = sum(v.numel() for v in update.values())
-    payload = sum(a.nbytes for k, a in arrays.items() if not k.endswith(".scales"))
-    assert payload == codec.floor_bytes(values)
-    scales = sum(a.nbytes for k, a in arrays.items() if k.endswith(".scales"))
-    assert scales == (4 * (-(-10_000 // INT8_CHUNK) + 1) if name == "int8" else 0)
+    assert list(arrays) == [VALUES]
+    scales = 4 * -(-values // INT8_CHUNK) if name == "int8" else 0
+    assert arrays[VALUES].nbytes == codec.floor_bytes(values) + scales
 
 
 def test_only_lossless_codec_is_unmarked():
@@ -46,12 +45,12 @@ def test_only_lossless_codec_is_unmarked():
 
 
 @pytest.mark.parametrize("corrupt, message", [
-    (lambda a: a.pop("head.w"), "'head.w' should be 6 values of float32"),
-    (lambda a: a.update({"pafi.delta": a["pafi.delta"][:-1]}), "got float32 x 9999"),
-    (lambda a: a.update({"pafi.delta": a["pafi.delta"].astype(np.float64)}), "got float64"),
-    (lambda a: a.update({"extra": np.zeros(3, np.float32)}), r"unexpected arrays \['extra'\]"),
-    (lambda a: a["pafi.delta"].__setitem__(5, np.nan), "1 non-finite values"),
-    (lambda a: a["head.w"].__setitem__(0, np.inf), "'head.w' holds 1 non-finite"),
+    (lambda a: a.pop(VALUES), r"one array 'values', got \[\]"),
+    (lambda a: a.update({VALUES: a[VALUES][:-1]}), "10006 values of float32.*got float32 x 10005"),
+    (lambda a: a.update({VALUES: a[VALUES].astype(np.float64)}), "got float64"),
+    (lambda a: a.update({"extra": np.zeros(3, np.float32)}), r"got \['extra', 'values'\]"),
+    (lambda a: a[VALUES].__setitem__(5, np.nan), "'pafi.delta' holds 1 non-finite"),
+    (lambda a: a[VALUES].__setitem__(10_000, np.inf), "'head.w' holds 1 non-finite"),
 ])
 def test_corrupt_updates_are_refused_with_the_reason(corrupt, message):
     arrays = encode_update(_update(), CODECS["fp32"])
@@ -62,8 +61,8 @@ def test_corrupt_updates_are_refused_with_the_reason(corrupt, message):
 
 def test_int8_needs_its_scales():
     arrays = encode_update(_update(), CODECS["int8"])
-    arrays.pop("pafi.delta.scales")
-    with pytest.raises(UpdateError, match="scales"):
+    arrays[VALUES] = arrays[VALUES][:10_006]  # the codes without the scale bytes
+    with pytest.raises(UpdateError, match="10018 values of int8"):
         decode_update(arrays, CODECS["int8"], LAYOUT)
 
 
