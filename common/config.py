@@ -22,7 +22,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mask_criterion": ("smallest", "largest", "random"),
     "hiwi_target": ("bias", "weight"),
     "hiwi_sync": ("merged", "adapter"),
-    "server_opt": ("fedavg",),
+    "server_opt": ("fedavg", "fedadam", "fedyogi"),
     "device": ("auto", "cpu", "cuda"),
 }
 MASK_INCLUDE_PARTS = ("bias", "layernorm")
@@ -53,8 +53,15 @@ class RunConfig:
     hiwi_target: str = "bias"
     hiwi_rank: int = 8
     hiwi_sync: str = "merged"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: str = "query,value"  # comma list of linear module names
     codec: str = "fp32"
     server_opt: str = "fedavg"
+    server_lr: float = 0.0  # fedadam/fedyogi step; 0: the method's learning rate
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 0.0  # adaptivity floor; 0: a tenth of the server step
     seed: int = 42
     model: str = DEFAULT_MODEL
     data_dir: str = ""  # empty: $GLUE_DIR, else the Hugging Face hub
@@ -146,6 +153,10 @@ class RunConfig:
         _positive("rounds", self.rounds)
         _positive("batch-size", self.batch_size)
         _positive("hiwi-rank", self.hiwi_rank)
+        _positive("lora-rank", self.lora_rank)
+        _positive("lora-alpha", self.lora_alpha)
+        if not self.lora_targets.strip(","):
+            raise ConfigError("lora-targets needs at least one module name, e.g. 'query,value'.")
         _positive("eval-batch-size", self.eval_batch_size)
         if self.max_seq_length < 8:
             raise ConfigError(f"max-seq-length must be at least 8, got {self.max_seq_length}.")
@@ -159,9 +170,12 @@ class RunConfig:
         if not 0 < self.sparsity <= 1:
             raise ConfigError(f"sparsity is a fraction in (0, 1], got {self.sparsity}.")
         for name in ("mask_k", "eval_max_examples", "lr", "client_cpus", "client_gpus",
-                     "max_update_norm"):
+                     "max_update_norm", "server_lr", "server_tau"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_kebab(name)} must be >= 0, got {getattr(self, name)}.")
+        for name in ("server_beta1", "server_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{_kebab(name)} is in [0, 1), got {getattr(self, name)}.")
         if not self.iid and self.alpha <= 0:
             raise ConfigError(f"alpha must be > 0 (or use iid), got {self.alpha}.")
         return self

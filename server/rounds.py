@@ -44,7 +44,7 @@ class RoundReporter:
                   f"{metrics[self.metric]:.4f}", flush=True)
         else:
             self._log_round(done + server_round, metrics, loss)
-            self.folder.save_checkpoint(done + server_round, self.strategy.state,
+            self.folder.save_checkpoint(done + server_round, self.strategy.checkpoint(),
                                         {"initial_metrics": self.initial})
         if server_round == 0:
             print(report.table_header(self.metric), flush=True)

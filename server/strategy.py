@@ -1,8 +1,9 @@
-"""FedAvg in the method's update space, with validation and byte accounting.
+"""Aggregation in the method's update space, with validation and byte accounting.
 
 Flower's FedAvg averages whole ArrayRecords; here replies are encoded updates (fp16,
-int8, ...) that must be decoded and checked first, so `aggregate_train` is replaced.
-Sampling, message construction and the round loop are Flower's.
+int8, ...) that must be decoded and checked first, so `aggregate_train` is replaced: the
+example-weighted mean update goes to the server optimizer (FedAvg, FedAdam or FedYogi in
+the method's layout, `common.server_opt`). Sampling and the round loop are Flower's.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from common import protocol as p
 from common.errors import FedPafiError
 from common.methods.base import State
+from common.server_opt import build_server_optimizer
 from common.session import Session
-from common.updates import add, decode_update, weighted_mean
+from common.updates import decode_update, weighted_mean
 from server.traffic import message_bytes
 
 
@@ -50,12 +52,21 @@ class FedPafiStrategy(FedAvg):
         )
         self.session = session
         self.state: State = session.method.state()
+        server_lr = cfg.server_lr or session.method.lr
+        self.optimizer = build_server_optimizer(cfg.server_opt, server_lr, cfg.server_beta1,
+                                                cfg.server_beta2, cfg.server_tau or server_lr / 10)
         self.traffic: dict[int, RoundTraffic] = {}
         self.round_offset = 0  # rounds completed before this process (a resumed run)
 
-    def resume(self, completed_round: int, state: State) -> None:
-        """Continue after `completed_round` from its checkpointed global state."""
+    def checkpoint(self) -> State:
+        """What a resumed run needs: the global state and the server optimizer's moments."""
+        return {**self.state, **self.optimizer.state_dict()}
+
+    def resume(self, completed_round: int, saved: State) -> None:
+        """Continue after `completed_round` from its checkpoint."""
+        state = {k: v for k, v in saved.items() if k in self.session.method.layout}
         self.session.method.check_layout(state, "checkpoint")
+        self.optimizer.load_state_dict(saved)
         self.state, self.round_offset = state, completed_round
 
     def initial_arrays(self) -> ArrayRecord:
@@ -120,7 +131,8 @@ class FedPafiStrategy(FedAvg):
         accepted.sort(key=lambda r: r.partition_id)  # a fixed summation order
         traffic.clients = [r.node_id for r in accepted]
         weights = [r.num_examples for r in accepted]
-        self.state = add(self.state, weighted_mean([r.update for r in accepted], weights))
+        mean = weighted_mean([r.update for r in accepted], weights)
+        self.state = self.optimizer.step(self.state, mean, server_round)
         traffic.train_loss = sum(r.num_examples * r.loss for r in accepted) / sum(weights)
         return ArrayRecord(self.state), MetricRecord({"train-loss": traffic.train_loss})
 

@@ -8,6 +8,7 @@ from common.mask import Mask, MaskSettings, compute_mask, eligible_parameters
 from common.methods.base import Method, MethodSpec, Part
 from common.methods.head import DensePart
 from common.methods.hiwi import HiWiPart
+from common.methods.lora import LoRAPart, lora_config
 from common.methods.pafi import MaskedDeltaPart
 from common.model import Backbone
 
@@ -23,6 +24,17 @@ def _hiwi(backbone: Backbone, cfg: RunConfig) -> Part:
 def _full(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
     names = tuple(n for n, _ in backbone.model.named_parameters())
     return [DensePart(backbone.model, names, prefix="full.")]
+
+
+def _bitfit(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
+    biases = tuple(n for n, _ in backbone.model.named_parameters()
+                   if n.endswith(".bias") and n not in backbone.head_names)
+    return [DensePart(backbone.model, biases, prefix="bitfit."), _head(backbone)]
+
+
+def _lora(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
+    config = lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    return [LoRAPart(backbone.model, config, cfg.seed), _head(backbone)]
 
 
 def _pafi(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
@@ -41,6 +53,8 @@ METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
         MethodSpec("full", "all weights, dense", 1e-4, False, _full),
+        MethodSpec("bitfit", "every bias + head", 1e-3, False, _bitfit),
+        MethodSpec("lora", "LoRA factors (peft) + head", 1e-3, False, _lora),
         MethodSpec("pafi", "masked deltas + head", 1e-2, True, _pafi),
         MethodSpec("hiwi", "HiWi adapter + head", 1e-2, False, _hiwi_only),
         MethodSpec("pafi-hiwi", "masked deltas + HiWi + head", 1e-2, True, _pafi_hiwi),

@@ -11,7 +11,8 @@ from simulations.cli import main
 
 
 @pytest.mark.parametrize("args, message", [
-    (["simulate", "--method", "lorax"], "Unknown method 'lorax'. Allowed: full, pafi"),
+    (["simulate", "--method", "lorax"],
+     "Unknown method 'lorax'. Allowed: full, bitfit, lora, pafi"),
     (["simulate", "--task", "imdb"], "Unknown task 'imdb'"),
     (["simulate", "--codec", "zip"], "Unknown codec 'zip'"),
     (["simulate", "--rounds", "two"], "'rounds' expects int"),

@@ -26,7 +26,8 @@ def test_from_mapping_coerces_strings_and_accepts_both_spellings():
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"method": "lorax"}, "Unknown method 'lorax'. Allowed: full, pafi, hiwi, pafi-hiwi"),
+    ({"method": "lorax"},
+     "Unknown method 'lorax'. Allowed: full, bitfit, lora, pafi, hiwi, pafi-hiwi"),
     ({"task": "imdb"}, "Unknown task 'imdb'"),
     ({"codec": "int4"}, "Unknown codec 'int4'. Allowed: fp32, fp16, bf16, int8"),
     ({"mask-scope": "local"}, "Allowed: global, per-tensor"),

@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from common.codecs import CODECS
 from common.config import RunConfig
 from common.errors import ConfigError, MaskMismatchError
-from common.export import merged_model, save_update, session_for_update
+from common.export import merged_model, save_checkpoint, save_update, session_for_update
+from common.methods import METHODS
+from common.model import load_backbone
 from common.session import Session
+from common.updates import add, decode_update, encode_update
 from tests.tiny import save_tiny_backbone
 
 
@@ -46,3 +50,31 @@ def test_unreadable_update_is_a_clear_error(tmp_path):
     path.write_text("oops")
     with pytest.raises(ConfigError, match="Cannot read update file"):
         session_for_update(path)
+
+
+@pytest.mark.parametrize("codec", list(CODECS))
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_and_codec_exports_a_plain_checkpoint(tiny_model_dir, tmp_path, method,
+                                                           codec):
+    """Update through the codec, merge, save: plain transformers loads it, same outputs."""
+    from transformers import AutoModelForSequenceClassification
+
+    session = Session.build(RunConfig(model=str(tiny_model_dir), method=method, codec=codec,
+                                      sparsity=0.05))
+    gen = torch.Generator().manual_seed(0)
+    update = {k: torch.randn(v.shape, generator=gen) * 0.05
+              for k, v in session.method.state().items()}
+    wire = decode_update(encode_update(update, session.codec), session.codec,
+                         session.method.layout)
+    session.method.load(add(session.method.state(), wire))
+    save_checkpoint(session, session.method.compact(), tmp_path / "model")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model").eval()
+    reference = load_backbone(str(tiny_model_dir), session.task, seed=0).model
+    assert set(loaded.state_dict()) == set(reference.state_dict())  # nothing extra left
+    inputs = {"input_ids": torch.tensor([[101, 2000, 2001, 102], [101, 2054, 102, 0]]),
+              "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])}
+    session.method.model.eval()
+    with torch.no_grad():
+        expected = session.method.model(**inputs).logits
+        assert not torch.allclose(reference.eval()(**inputs).logits, expected, atol=1e-4)
+        torch.testing.assert_close(loaded(**inputs).logits, expected, atol=1e-5, rtol=0)

@@ -7,6 +7,7 @@ import torch
 
 from common.codecs import CODECS
 from common.config import RunConfig
+from common.errors import ConfigError
 from common.glue import get_task
 from common.methods import METHODS, build_method
 from common.model import load_backbone
@@ -15,6 +16,8 @@ from common.updates import decode_update, encode_update
 TASK = get_task("sst2")
 VARIANTS = [
     ("full", "merged", "bias"),
+    ("bitfit", "merged", "bias"),
+    ("lora", "merged", "bias"),
     ("pafi", "merged", "bias"),
     ("hiwi", "merged", "bias"),
     ("hiwi", "adapter", "bias"),
@@ -58,7 +61,7 @@ def _train(method, batch, steps=3):
 
 
 def test_registry_has_the_core_methods():
-    assert {"full", "pafi", "hiwi", "pafi-hiwi"} <= set(METHODS)
+    assert list(METHODS) == ["full", "bitfit", "lora", "pafi", "hiwi", "pafi-hiwi"]
 
 
 @pytest.mark.parametrize("name, sync, target", VARIANTS)
@@ -146,3 +149,39 @@ def test_pafi_gradient_equals_the_dense_gradient_at_masked_entries(tiny_model_di
     dense(**batch).loss.backward()
     expected = torch.cat([params[n].grad.reshape(-1)[i] for n, i in method.mask.indices.items()])
     torch.testing.assert_close(method.parts[0].delta.grad, expected, atol=1e-6, rtol=1e-4)
+
+
+def test_bitfit_trains_every_bias_and_nothing_else(tiny_model_dir, batch):
+    method = _method(tiny_model_dir, "bitfit")
+    params = dict(method.model.named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+    _train(method, batch)
+    changed = {n for n, p in params.items() if not torch.equal(p, before[n])}
+    biases = {n for n in params if n.endswith(".bias")}
+    assert changed <= biases | {"classifier.weight"} and len(changed & biases) > 10
+
+
+@pytest.mark.parametrize("targets, rank", [("query,value", 4), ("query,key,value,dense", 2)])
+def test_lora_sends_rank_times_in_plus_out_per_target(tiny_model_dir, targets, rank):
+    method = _method(tiny_model_dir, "lora", lora_rank=rank, lora_targets=targets)
+    linear = {n: m for n, m in load_backbone(str(tiny_model_dir), TASK, 0).model.named_modules()
+              if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in targets.split(",")
+              and not n.startswith("classifier")}
+    expected = sum(rank * (m.in_features + m.out_features) for m in linear.values())
+    assert method.num_values() == expected + 2 * 32 + 2  # + the head
+
+
+def test_lora_merge_is_peft_merge_of_the_unmerged_model(tiny_model_dir, batch):
+    method = _method(tiny_model_dir, "lora")
+    _train(method, batch)
+    unmerged = _logits(method.model, batch)
+    assert any("lora_A" in n for n, _ in method.model.named_parameters())
+    plain = load_backbone(str(tiny_model_dir), TASK, seed=0).model
+    method.merge_into(plain, method.compact())
+    assert not any("lora" in n or "base_layer" in n for n, _ in plain.named_parameters())
+    torch.testing.assert_close(_logits(plain, batch), unmerged, atol=1e-5, rtol=0)
+
+
+def test_lora_on_missing_modules_is_a_clear_error(tiny_model_dir):
+    with pytest.raises(ConfigError, match="Set lora-targets to linear module names"):
+        _method(tiny_model_dir, "lora", lora_targets="q_proj")

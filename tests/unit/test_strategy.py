@@ -65,3 +65,22 @@ def test_measured_upload_tracks_the_floor(strategy):
     floor = strategy.session.codec.floor_bytes(strategy.session.method.num_values())
     measured = message_bytes(_reply(strategy))
     assert floor < measured < floor + 4096  # framing: headers, keys, metrics
+
+
+def test_fedadam_strategy_resumes_with_its_moments(tiny_model_dir):
+    cfg = RunConfig(model=str(tiny_model_dir), sparsity=0.05, num_clients=2,
+                    server_opt="fedadam")
+    straight, first = FedPafiStrategy(Session.build(cfg)), FedPafiStrategy(Session.build(cfg))
+    replies = [{k: torch.randn_like(v) * 0.01 for k, v in straight.state.items()}
+               for _ in range(3)]
+    for strat in (straight, first):
+        strat.aggregate_train(1, [_reply(strat, replies[0])])
+    assert any(k.startswith("server-opt.v.") for k in first.checkpoint())
+    resumed = FedPafiStrategy(Session.build(cfg))
+    resumed.resume(1, first.checkpoint())
+    for offset, update in enumerate(replies[1:], start=1):
+        straight.aggregate_train(1 + offset, [_reply(straight, update)])
+        resumed.aggregate_train(offset, [_reply(resumed, update)])  # loop rounds restart at 1
+    assert all(torch.equal(straight.state[k], resumed.state[k]) for k in straight.state)
+    plain = {k: v + sum(r[k] for r in replies) for k, v in first.session.method.state().items()}
+    assert not all(torch.allclose(straight.state[k], plain[k]) for k in plain)  # not FedAvg
