@@ -46,6 +46,50 @@ def rounds(records: list[dict], initial: dict, metric: str, path: Path, title: s
     _save(fig, path)
 
 
+COMPARISON_PLOTS = ("metric_vs_round.png", "metric_vs_upload.png", "bytes_per_round.png")
+
+
+def comparison(rows: list[dict], histories: dict[str, list[dict]], folder: Path) -> None:
+    """The three views of a comparison: learning per round, per byte, and bytes per round.
+
+    `rows` are comparison rows (one per run, with `run`, `metric`, `initial`); `histories`
+    map each run to its rounds.jsonl records.
+    """
+    metric = rows[0]["metric"]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for row in rows:
+        records = histories[row["run"]]
+        ax.plot([0] + [r["round"] for r in records],
+                [row["initial"]] + [r["metrics"][metric] for r in records], "o-", label=row["run"])
+    ax.set(xlabel="round", ylabel=f"dev {metric}", title=f"dev {metric} per round")
+    ax.legend(fontsize="x-small")
+    _save(fig, folder / COMPARISON_PLOTS[0])
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for row in rows:
+        records = histories[row["run"]]
+        upload = np.cumsum([r["bytes_up_per_client"] for r in records]) / 1e6
+        ax.plot(upload, [r["metrics"][metric] for r in records], "o-", label=row["run"])
+    ax.set_xscale("log")
+    ax.set(xlabel="cumulative upload per client (MB, log)", ylabel=f"dev {metric}",
+           title=f"dev {metric} against bytes sent")
+    ax.legend(fontsize="x-small")
+    _save(fig, folder / COMPARISON_PLOTS[1])
+
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.9 * len(rows) + 2), 4))
+    positions = np.arange(len(rows))
+    ax.bar(positions - 0.2, [r["upload_per_client_per_round"] / 1e3 for r in rows], 0.4,
+           label="upload")
+    ax.bar(positions + 0.2, [r["download_per_client_per_round"] / 1e3 for r in rows], 0.4,
+           label="download")
+    ax.set_yscale("log")
+    ax.set_xticks(positions, [r["run"] for r in rows], rotation=30, ha="right",
+                  fontsize="small")
+    ax.set(ylabel="KB per client per round (log)", title="communication per round")
+    ax.legend(fontsize="small")
+    _save(fig, folder / COMPARISON_PLOTS[2])
+
+
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -90,12 +90,13 @@ def _finish(session: Session, strategy: FedPafiStrategy, reporter: RoundReporter
     final, final_loss = evaluate(merged, session.dev_set, session.tokenizer, session.task,
                                  cfg.max_seq_length, cfg.eval_batch_size)
     records = reporter.records
-    ups = [r["bytes_up_per_client"] for r in records if r["clients"]]
-    upload = sum(ups) / len(ups) if ups else 0.0
+    upload = _mean([r["bytes_up_per_client"] for r in records if r["clients"]])
     full_bytes = 4 * sum(p.numel() for p in merged.parameters())
     folder.write_json("summary.json", {
         "method": cfg.method,
         "task": cfg.task,
+        "codec": session.codec.label,
+        "server_opt": cfg.server_opt,
         "main_metric": session.task.main_metric,
         "initial_metrics": reporter.initial,
         "final_metrics": final,
@@ -104,9 +105,11 @@ def _finish(session: Session, strategy: FedPafiStrategy, reporter: RoundReporter
         "bytes_up_total": sum(r["bytes_up"] for r in records),
         "bytes_down_total": sum(r["bytes_down"] for r in records),
         "upload_per_client_per_round": upload,
+        "download_per_client_per_round": _mean([r["bytes_down_per_client"] for r in records]),
         "full_finetuning_bytes": full_bytes,
         "floor_bytes_up_per_client": reporter.floor_up,
         "values_per_update": session.method.num_values(),
+        "trainable_parameters": sum(p.numel() for p in session.method.trainable_parameters()),
         "mask_fingerprint": session.fingerprint,
         "k": session.method.mask.k if session.method.mask else 0,
         "wall_s": sum(r["wall_s"] for r in records),
@@ -119,3 +122,7 @@ def _finish(session: Session, strategy: FedPafiStrategy, reporter: RoundReporter
           f"(round 0: {reporter.initial.get(metric, float('nan')):.4f})", flush=True)
     print(report.upload_comparison(upload, full_bytes), flush=True)
     print(f"fedpafi run folder: {folder.path}", flush=True)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0

@@ -1,4 +1,4 @@
-"""The `fedpafi` command: simulate, mask, export, evaluate.
+"""The `fedpafi` command: simulate, compare, mask, export, evaluate.
 
 Run options are generated from RunConfig, so every flag matches a `[tool.flwr.app.config]`
 key of the same (kebab-case) name. Errors a user can fix print one line and exit 2.
@@ -22,7 +22,7 @@ from common.config import RunConfig  # noqa: E402
 from common.errors import FedPafiError  # noqa: E402
 
 HELP = {
-    "method": "pafi-hiwi (default), pafi, hiwi, full",
+    "method": "pafi-hiwi (default), pafi, hiwi, lora, bitfit, full",
     "task": "GLUE task: sst2 mrpc rte cola stsb qnli qqp mnli wnli",
     "clients-per-round": "clients sampled per round (0: all)",
     "local-epochs": "passes over the local shard (replaces local-steps when > 0)",
@@ -31,6 +31,11 @@ HELP = {
     "mask-k": "PaFi mask size as an absolute count (replaces sparsity)",
     "mask-include": "extra mask candidates: bias, layernorm (comma list)",
     "hiwi-sync": "merged: send P'-P; adapter: send adapter parameters",
+    "lora-targets": "comma list of linear module names that get LoRA factors",
+    "codec": "fp32, fp16, bf16, int8 (compare: a comma list)",
+    "server-opt": "fedavg, fedadam, fedyogi (compare: a comma list)",
+    "server-lr": "fedadam/fedyogi step size (0: the method's learning rate)",
+    "server-tau": "fedadam/fedyogi adaptivity floor (0: server-lr / 10)",
     "model": "backbone: all-MiniLM-L6-v2 (offline), a HF id or a local folder",
     "data-dir": "classic GLUE folder (default: $GLUE_DIR, else the HF hub)",
     "eval-max-examples": "dev examples evaluated each round (0: all)",
@@ -39,15 +44,17 @@ HELP = {
 }
 
 
+COMPARE_METHODS = ("full", "bitfit", "lora", "pafi", "hiwi", "pafi-hiwi")
 MASK_OPTIONS = ("model", "sparsity", "mask_k", "mask_scope", "mask_criterion", "mask_include",
                 "seed")
 
 
-def add_run_options(parser: argparse.ArgumentParser, only: tuple[str, ...] = ()) -> None:
+def add_run_options(parser: argparse.ArgumentParser, only: tuple[str, ...] = (),
+                    skip: tuple[str, ...] = ()) -> None:
     """One flag per RunConfig field, defaulting to None so only given flags override."""
     defaults = RunConfig()
     for field in dataclasses.fields(RunConfig):
-        if only and field.name not in only:
+        if (only and field.name not in only) or field.name in skip:
             continue
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
@@ -88,12 +95,7 @@ def client_gpus(cfg: RunConfig) -> float:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from flwr.serverapp import ServerApp
-    from flwr.simulation import run_simulation
-
-    from client.app import app as client_app
     from common.run_folder import RunFolder
-    from server.app import serve
 
     resume = None
     cfg = config_from_args(args)
@@ -104,6 +106,17 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         resume, cfg = RunFolder.existing(args.resume)
         cfg.validate()
         resume.load_checkpoint()  # fail now, not inside the simulation
+    simulate(cfg, resume)
+
+
+def simulate(cfg: RunConfig, resume=None) -> Path:
+    """One run on Flower's simulation engine; returns its run folder."""
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from client.app import app as client_app
+    from server.app import serve
+
     preflight(cfg)
     if not cfg.verbose:  # Flower's per-step INFO lines and notices would bury the table
         logging.getLogger("flwr").setLevel(logging.ERROR)
@@ -126,6 +139,17 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     )
     if not folders:
         raise FedPafiError("The simulation ended without finishing the run (see the log above).")
+    return folders[0]
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from simulations.compare import run_comparison, split_list, variants
+
+    codecs, server_opts = split_list(args.codec or "fp32"), split_list(args.server_opt or "fedavg")
+    args.codec = args.server_opt = None  # lists here; each run gets one value
+    base = config_from_args(args)
+    grid = variants(base, split_list(args.methods), codecs, server_opts)
+    run_comparison(base, grid, simulate)
 
 
 def cmd_mask(args: argparse.Namespace) -> None:
@@ -191,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--resume", metavar="RUN_DIR",
                           help="continue a run from its last completed round")
     simulate.set_defaults(func=cmd_simulate)
+
+    compare = commands.add_parser(
+        "compare", help="run several methods/codecs/server optimizers on identical partitions")
+    add_run_options(compare, skip=("method",))
+    compare.add_argument("--methods", default=",".join(COMPARE_METHODS),
+                         help="comma list of methods [default: all]")
+    compare.set_defaults(func=cmd_compare)
 
     mask = commands.add_parser("mask", help="compute the shared PaFi mask and its fingerprint")
     add_run_options(mask, only=MASK_OPTIONS)

@@ -53,7 +53,7 @@ METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
         MethodSpec("full", "all weights, dense", 1e-4, False, _full),
-        MethodSpec("bitfit", "every bias + head", 1e-3, False, _bitfit),
+        MethodSpec("bitfit", "every bias + head", 3e-3, False, _bitfit),
         MethodSpec("lora", "LoRA factors (peft) + head", 1e-3, False, _lora),
         MethodSpec("pafi", "masked deltas + head", 1e-2, True, _pafi),
         MethodSpec("hiwi", "HiWi adapter + head", 1e-2, False, _hiwi_only),
