@@ -1,0 +1,56 @@
+"""Bytes per method and codec on the real MiniLM: what Flower carries against the formula.
+
+The formula is values x codec bits, where the values are each method's own count (masked
+deltas, biases, LoRA factors, HiWi change, all weights) plus the task head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from client.app import reply_record
+from common import protocol as p
+from common.codecs import CODECS
+from common.config import RunConfig
+from common.methods import METHODS
+from common.session import Session
+from common.train import TrainResult
+from server.traffic import message_bytes, standalone_reply
+
+pytestmark = pytest.mark.integration
+HEAD = 384 * 2 + 2  # MiniLM hidden size x 2 labels, + bias
+LAYERS, HIDDEN, FFN = 6, 384, 1536
+
+
+def expected_values(method: str, session: Session) -> int:
+    model = session.method.model
+    if method == "full":
+        return sum(param.numel() for param in model.parameters())
+    if method == "bitfit":
+        biases = [p for n, p in model.named_parameters()
+                  if n.endswith(".bias") and not n.startswith("classifier.")]
+        return sum(p.numel() for p in biases) + HEAD
+    lora = LAYERS * 2 * 8 * (HIDDEN + HIDDEN)  # query and value, rank 8, in + out
+    pafi = round(0.005 * LAYERS * (4 * HIDDEN * HIDDEN + 2 * HIDDEN * FFN))
+    hiwi = LAYERS * FFN  # the merged change of each FFN input bias
+    return HEAD + {"lora": lora, "pafi": pafi, "hiwi": hiwi, "pafi-hiwi": pafi + hiwi}[method]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_bytes_follow_values_times_codec_bits(method):
+    session = Session.build(RunConfig(method=method, device="cpu"))
+    values = session.method.num_values()
+    assert values == expected_values(method, session)
+    update = {k: torch.randn_like(v) * 1e-3 for k, v in session.method.state().items()}
+    result = TrainResult(num_examples=64, steps=4, loss=0.5, seconds=1.0)
+    for codec in CODECS.values():
+        session.cfg = session.cfg.replace(codec=codec.name)
+        record = reply_record(session, update, result, partition_id=0)
+        formula = math.ceil(values * codec.bits / 8)
+        carried = message_bytes(record[p.UPDATE])
+        assert formula <= carried <= 1.05 * formula, (codec.name, carried, formula)
+        framing = message_bytes(standalone_reply(record)) - carried
+        assert 0 < framing < 1500, (codec.name, framing)  # metrics, codec, fingerprint, ids
