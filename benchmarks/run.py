@@ -24,11 +24,12 @@ import torch
 from client.app import reply_record
 from common.config import RunConfig
 from common.glue import load_split
+from common.methods import METHODS as REGISTRY
 from common.session import Session
 from common.train import TrainResult, encode, make_optimizer, train_step
 from server.traffic import message_bytes, standalone_reply
 
-METHODS = ("full", "pafi", "hiwi", "pafi-hiwi")
+METHODS = tuple(REGISTRY)  # every registered method
 BASELINE = "full"
 BATCH_SIZE = 16
 MIN_ROUNDS = 5  # the time budget never cuts the timed rounds below this

@@ -22,7 +22,7 @@ from common.glue import load_split, partition
 from common.methods.base import State
 from common.session import Session
 from common.train import TrainResult, train_locally
-from common.updates import encode_update
+from common.updates import encode_update, unpack_state
 
 app = ClientApp()
 
@@ -49,7 +49,8 @@ def train(msg: Message, context: Context) -> Message:
         session.method.mask.check(str(config[p.FINGERPRINT]))
 
     partition_id, shard = _own_shard(cfg, context)
-    session.method.load(msg.content[p.ARRAYS].to_torch_state_dict())
+    arrays = {k: a.numpy() for k, a in msg.content[p.ARRAYS].items()}
+    session.method.load(unpack_state(arrays, session.method.layout))
     server_round = int(config[p.ROUND])
     fault = pick_fault(cfg, server_round, partition_id)
     if fault == "crash":

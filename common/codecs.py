@@ -1,6 +1,6 @@
 """Codecs for update vectors: how many bits each value costs on the wire.
 
-A codec turns one float tensor into named numpy arrays (the form Flower's ArrayRecord
+A codec turns a flat float tensor into one numpy array (what Flower's ArrayRecord
 carries) and back. Lossy codecs are marked as such wherever they are shown.
 """
 

@@ -1,6 +1,6 @@
 """Names of the records and keys that travel between server and clients, in one place."""
 
-ARRAYS = "arrays"  # server -> client: global state (fp32)
+ARRAYS = "arrays"  # server -> client: global state (one flat fp32 array)
 CONFIG = "config"  # server -> client: run config JSON, round, fingerprint
 UPDATE = "update"  # client -> server: encoded update
 METRICS = "metrics"  # client -> server: num-examples, train-loss, partition-id, ...

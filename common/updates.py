@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from common.codecs import Codec
+from common.codecs import CODECS, Codec
 from common.errors import UpdateError
 from common.methods.base import State
 
@@ -42,6 +42,15 @@ def decode_update(arrays: dict[str, np.ndarray], codec: Codec, layout: Layout) -
             bad = int((~torch.isfinite(value)).sum())
             raise UpdateError(f"'{key}' holds {bad} non-finite values (NaN or inf).")
     return update
+
+
+def pack_state(state: State) -> dict[str, np.ndarray]:
+    """The global state as the server sends it: the same flat layout, always fp32."""
+    return encode_update(state, CODECS["fp32"])
+
+
+def unpack_state(arrays: dict[str, np.ndarray], layout: Layout) -> State:
+    return decode_update(arrays, CODECS["fp32"], layout)
 
 
 def weighted_mean(updates: list[State], weights: list[float]) -> State:

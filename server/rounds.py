@@ -10,6 +10,7 @@ from common import report
 from common.run_folder import RunFolder
 from common.session import Session
 from common.train import evaluate
+from common.updates import unpack_state
 from server.strategy import FedPafiStrategy
 
 
@@ -29,7 +30,8 @@ class RoundReporter:
         self.cumulative_bytes = float(sum(r["bytes_up"] + r["bytes_down"] for r in self.records))
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        self.session.method.load(arrays.to_torch_state_dict())
+        method = self.session.method
+        method.load(unpack_state({k: a.numpy() for k, a in arrays.items()}, method.layout))
         cfg = self.session.cfg
         metrics, loss = evaluate(self.session.method.model, self.session.dev_set,
                                  self.session.tokenizer, self.session.task,

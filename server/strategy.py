@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
@@ -24,7 +24,7 @@ from common.errors import FedPafiError
 from common.methods.base import State
 from common.server_opt import build_server_optimizer
 from common.session import Session
-from common.updates import decode_update, weighted_mean
+from common.updates import decode_update, pack_state, weighted_mean
 from server.traffic import message_bytes
 
 
@@ -70,7 +70,8 @@ class FedPafiStrategy(FedAvg):
         self.state, self.round_offset = state, completed_round
 
     def initial_arrays(self) -> ArrayRecord:
-        return ArrayRecord(self.state)
+        """The global state on the wire: one flat fp32 array in the method's layout."""
+        return ArrayRecord({k: Array(v) for k, v in pack_state(self.state).items()})
 
     def base_config(self) -> ConfigRecord:
         return ConfigRecord({
@@ -134,7 +135,7 @@ class FedPafiStrategy(FedAvg):
         mean = weighted_mean([r.update for r in accepted], weights)
         self.state = self.optimizer.step(self.state, mean, server_round)
         traffic.train_loss = sum(r.num_examples * r.loss for r in accepted) / sum(weights)
-        return ArrayRecord(self.state), MetricRecord({"train-loss": traffic.train_loss})
+        return self.initial_arrays(), MetricRecord({"train-loss": traffic.train_loss})
 
     def _validated(self, reply: Message) -> ValidReply:
         """Decode and check one reply, or raise with the reason it is refused."""

@@ -1,5 +1,7 @@
 """Bytes per method and codec on the real MiniLM: what Flower carries against the formula.
 
+Upload: the encoded update in the reply. Download: the global state the server sends.
+
 The formula is values x codec bits, where the values are each method's own count (masked
 deltas, biases, LoRA factors, HiWi change, all weights) plus the task head.
 """
@@ -18,6 +20,7 @@ from common.config import RunConfig
 from common.methods import METHODS
 from common.session import Session
 from common.train import TrainResult
+from server.strategy import FedPafiStrategy
 from server.traffic import message_bytes, standalone_reply
 
 pytestmark = pytest.mark.integration
@@ -54,3 +57,5 @@ def test_bytes_follow_values_times_codec_bits(method):
         assert formula <= carried <= 1.05 * formula, (codec.name, carried, formula)
         framing = message_bytes(standalone_reply(record)) - carried
         assert 0 < framing < 1500, (codec.name, framing)  # metrics, codec, fingerprint, ids
+    download = message_bytes(FedPafiStrategy(session).initial_arrays())  # always fp32
+    assert 4 * values <= download <= 1.05 * 4 * values
