@@ -22,7 +22,7 @@ from common.config import RunConfig
 from common.report import human_bytes
 
 COLUMNS = ("method", "codec", "server_opt", "trainable_parameters", "values_per_update",
-           "metric", "initial", "final", "upload_per_client_per_round",
+           "metric", "initial", "final", "best", "best_round", "upload_per_client_per_round",
            "download_per_client_per_round", "total_mb", "wall_s", "run")
 
 
@@ -82,6 +82,7 @@ def run_comparison(base: RunConfig, grid: list[Variant],
 def row_from_run(run: Path, wall_s: float) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     metric = summary["main_metric"]
+    best = max(_history(run), key=lambda record: record["metrics"][metric])
     return {
         "method": summary["method"],
         "codec": summary["codec"],
@@ -91,6 +92,8 @@ def row_from_run(run: Path, wall_s: float) -> dict:
         "metric": metric,
         "initial": summary["initial_metrics"][metric],
         "final": summary["final_metrics"][metric],
+        "best": best["metrics"][metric],
+        "best_round": best["round"],
         "upload_per_client_per_round": summary["upload_per_client_per_round"],
         "download_per_client_per_round": summary["download_per_client_per_round"],
         "total_mb": (summary["bytes_up_total"] + summary["bytes_down_total"]) / 1e6,
@@ -117,15 +120,16 @@ def markdown_table(rows: list[dict]) -> str:
     metric = rows[0]["metric"] if rows else "metric"
     lines = [
         f"| method | codec | server | trainable params | values sent | dev {metric} "
-        "(round 0 -> final) | upload / client / round | download / client / round | "
-        "total MB | wall s |",
-        "|---|---|---|---:|---:|---|---:|---:|---:|---:|",
+        "(round 0 -> final) | best (round) | upload / client / round | "
+        "download / client / round | total MB | wall s |",
+        "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
             f"| {row['method']} | {row['codec']} | {row['server_opt']} | "
             f"{row['trainable_parameters']:,} | {row['values_per_update']:,} | "
             f"{row['initial']:.4f} -> {row['final']:.4f} | "
+            f"{row['best']:.4f} ({row['best_round']}) | "
             f"{human_bytes(row['upload_per_client_per_round'])} | "
             f"{human_bytes(row['download_per_client_per_round'])} | "
             f"{row['total_mb']:.2f} | {row['wall_s']:.0f} |"

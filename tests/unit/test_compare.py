@@ -22,8 +22,8 @@ def fake_simulate(cfg: RunConfig) -> Path:
     run = Path(cfg.out) / cfg.run_name
     run.mkdir(parents=True)
     up = BYTES_UP[cfg.method] / (4 if cfg.codec == "int8" else 1)
-    records = [{"round": r, "metrics": {"accuracy": 0.5 + 0.1 * r}, "bytes_up_per_client": up}
-               for r in (1, 2)]
+    records = [{"round": r, "metrics": {"accuracy": a}, "bytes_up_per_client": up}
+               for r, a in ((1, 0.8), (2, 0.7))]
     (run / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run / "summary.json").write_text(json.dumps({
         "method": cfg.method, "codec": cfg.codec + (" (lossy)" if cfg.codec == "int8" else ""),
@@ -44,9 +44,11 @@ def test_every_combination_runs_once_and_lands_in_the_table(tmp_path):
         ("full", "fp32"), ("full", "int8 (lossy)"), ("pafi", "fp32"), ("pafi", "int8 (lossy)")]
     assert float(rows[3]["upload_per_client_per_round"]) == BYTES_UP["pafi"] / 4
     assert float(rows[0]["total_mb"]) == pytest.approx(8 * BYTES_UP["full"] / 1e6)
+    assert (rows[0]["final"], rows[0]["best"], rows[0]["best_round"]) == ("0.7", "0.8", "1")
     table = (folder / "comparison.md").read_text().splitlines()
     assert len(table) == 2 + len(rows) and "| pafi | int8 (lossy) | fedavg |" in table[-1]
     assert "62.5 KB" in table[-1]  # 250 KB / 4, the same number as the CSV
+    assert "0.5000 -> 0.7000 | 0.8000 (1) |" in table[-1]
     for name in COMPARISON_PLOTS:
         assert (folder / name).stat().st_size > 10_000
 
