@@ -32,12 +32,21 @@ class RoundTraffic:
 
     started: float = field(default_factory=time.perf_counter)
     sent_to: list[int] = field(default_factory=list)
+    sent: list[Message] = field(default_factory=list)  # Flower sets their ids as it sends them
     bytes_down: list[int] = field(default_factory=list)
     bytes_up: list[int] = field(default_factory=list)
     clients: list[int] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
     skipped: bool = False
     train_loss: float | None = None
+
+    def node_of(self, reply: Message) -> int:
+        """The node a reply stands for. The SuperLink answers for an offline node itself
+        (an error reply from node 1), so look up where the instruction went."""
+        for message in self.sent:
+            if message.metadata.message_id == reply.metadata.reply_to_message_id:
+                return message.metadata.dst_node_id
+        return reply.metadata.src_node_id
 
 
 class FedPafiStrategy(FedAvg):
@@ -82,7 +91,7 @@ class FedPafiStrategy(FedAvg):
         record = self._record(arrays, config)
         messages = [Message(content=record, message_type="train", dst_node_id=n) for n in nodes]
         traffic.bytes_down = [message_bytes(m) for m in messages[:1]] * len(messages)  # alike
-        traffic.sent_to = nodes
+        traffic.sent_to, traffic.sent = nodes, messages
         return messages
 
     def _available_nodes(self, grid: Grid, server_round: int) -> list[int]:
@@ -146,9 +155,10 @@ class FedPafiStrategy(FedAvg):
         accepted: list[ValidReply] = []
         replied = set()
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = traffic.node_of(reply)
             replied.add(node)
-            traffic.bytes_up.append(message_bytes(reply))
+            if reply.has_content():  # an error reply uploads nothing
+                traffic.bytes_up.append(message_bytes(reply))
             try:
                 accepted.append(self._validated(reply))
             except FedPafiError as exc:

@@ -177,10 +177,6 @@ class LocalDeployment:
             if not Path(process.argv[0]).is_file():
                 raise DeployError(f"{process.argv[0]} not found: install the project with "
                                   "`make setup` and run this environment's fedpafi.")
-            if process.port is not None and not _port_free(process.port):
-                raise DeployError(
-                    f"port {process.port} on 127.0.0.1 ({process.name}) is in use: stop what "
-                    f"holds it (an earlier deploy-local?) or pick other ports with --base-port.")
         if not (PROJECT / "pyproject.toml").is_file():
             raise DeployError(f"deploy-local builds the app from its source, but {PROJECT} has "
                               "no pyproject.toml: run it from a checkout of fedpafi.")
@@ -194,6 +190,11 @@ class LocalDeployment:
                     f"--tls needs {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
                     f" in {self.certs}: run deploy/generate_certs.sh --nodes "
                     f"{self.num_clients} --out {self.certs}")
+        for process in self.processes.values():
+            if process.port is not None and not _port_free(process.port):
+                raise DeployError(
+                    f"port {process.port} on 127.0.0.1 ({process.name}) is in use: stop what "
+                    f"holds it (an earlier deploy-local?) or pick other ports with --base-port.")
 
     def _write_connection(self) -> None:
         """The `flwr` connection `fedpafi-local`, as a user would add it for the containers."""

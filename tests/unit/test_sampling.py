@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, Error, Message, Metadata
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.config import RunConfig
@@ -64,3 +64,23 @@ def test_the_first_round_waits_for_every_sampled_node(strategy):
     grid = Grid({11, 22})
     threading.Timer(0.5, grid.nodes.add, args=(33,)).start()  # the last SuperNode is slow
     assert sorted(_round(strategy, 1, grid)) == [11, 22, 33]
+
+
+def test_the_superlinks_reply_for_an_offline_node_is_logged_for_that_node(strategy):
+    """The SuperLink answers with an error from node 1 when a node misses its heartbeats."""
+    grid = Grid({11, 22, 33})
+    sent = strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), grid)
+    for message in sent:  # what the Grid does as it pushes them
+        message.metadata.__dict__["_message_id"] = f"id-{message.metadata.dst_node_id}"
+    lost = next(m for m in sent if m.metadata.dst_node_id == 22)
+    envelope = Metadata(run_id=1, message_id="", src_node_id=1, dst_node_id=1,
+                        reply_to_message_id=lost.metadata.message_id, group_id="",
+                        created_at=0.0, ttl=60.0, message_type="train")
+    unavailable = Message(error=Error(code=0, reason="Node Unavailable"), metadata=envelope)
+    strategy.aggregate_train(1, [unavailable])
+    assert sorted(strategy.traffic[1].rejected, key=lambda r: r["node_id"]) == [
+        {"node_id": 11, "reason": "no reply within 0.3s"},
+        {"node_id": 22, "reason": "client error: Node Unavailable"},
+        {"node_id": 33, "reason": "no reply within 0.3s"},
+    ]
+    assert strategy.traffic[1].bytes_up == []  # an error reply is no upload
