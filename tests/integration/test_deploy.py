@@ -2,8 +2,9 @@
 
 One run of `fedpafi deploy-local --tls` (2 SuperNodes, 3 rounds) with SuperNode 1 killed
 with SIGKILL once round 1 is logged, beside a `fedpafi simulate` run of the same settings;
-and a SuperNode whose key is not registered. Each test ends with no process left behind,
-checked from every process's environment (FLWR_HOME lies in the test's folder).
+a SuperNode whose key is not registered; Ctrl-C on an insecure deployment. Each test ends
+with no process left behind, checked from every process's environment (FLWR_HOME lies in
+the test's folder).
 """
 
 from __future__ import annotations
@@ -82,6 +83,18 @@ def certs(tmp_path_factory) -> Path:
     return folder
 
 
+def deploy_local(*args: str) -> tuple[subprocess.Popen, list[str], threading.Thread]:
+    """`fedpafi deploy-local` in a session of its own, its output collected line by line."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "simulations.cli", "deploy-local", "--base-port",
+         str(free_ports(3)), *args], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(launcher.stdout), daemon=True)
+    reader.start()
+    return launcher, lines, reader
+
+
 def _rounds(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
 
@@ -93,15 +106,8 @@ def test_deployment_runs_rounds_survives_a_crashed_node_and_counts_simulations_b
     assert simulated.returncode == 0, simulated.stderr[-3000:]
     shutil.move(out / "it", no_leftovers / "simulated")  # same settings, run folder included
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "simulations.cli", "deploy-local", "--tls", "--certs", str(certs),
-         "--base-port", str(free_ports(3)), *SETTINGS, "--data-dir", str(glue_dir),
-         "--out", str(out)], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(launcher.stdout), daemon=True)
-    reader.start()
+    launcher, lines, reader = deploy_local("--tls", "--certs", str(certs), *SETTINGS,
+                                           "--data-dir", str(glue_dir), "--out", str(out))
     run = out / "it"
     try:
         deadline = time.monotonic() + 300
@@ -156,3 +162,25 @@ def test_supernode_with_an_unregistered_key_is_refused(certs, no_leftovers):
             assert time.monotonic() < deadline, link_log.read_text()[-2000:]
             time.sleep(0.2)
         assert member.popen.poll() is None  # the registered node stays connected
+
+
+def test_ctrl_c_stops_every_service(glue_dir, no_leftovers):
+    launcher, lines, reader = deploy_local(*SETTINGS, "--data-dir", str(glue_dir),
+                                           "--out", str(no_leftovers / "runs"))
+    try:
+        deadline = time.monotonic() + 180
+        while "deploy-local: running the app" not in "".join(lines):
+            assert launcher.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        assert "insecure (no TLS)" in "".join(lines)
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        reader.join(timeout=10)
+    output = "".join(lines)
+    assert launcher.returncode == 2, output[-3000:]
+    assert "stopped all 6 services" in output
+    assert output.rstrip().endswith(
+        "fedpafi: error: interrupted; every service it started was stopped.")
