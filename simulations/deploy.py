@@ -64,6 +64,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def write_compose(num_clients: int, folder: Path) -> list[Path]:
+    """Both compose files for `num_clients` SuperNodes, written into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in compose_files(num_clients).items():
@@ -76,7 +77,8 @@ def deploy_local(cfg: RunConfig, tls: bool, certs: Path, base_port: int) -> Path
     """Start the services, run the app through them, stop them; returns the run folder."""
     state = Path(cfg.out).expanduser().resolve() / ".deploy-local" / (
         f"{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}")
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Set both: a process started in the background by a shell inherits SIGINT ignored.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with LocalDeployment(cfg.num_clients, tls, base_port, certs, state) as deployment:
             deployment.start_all()
@@ -84,7 +86,8 @@ def deploy_local(cfg: RunConfig, tls: bool, certs: Path, base_port: int) -> Path
     except KeyboardInterrupt:
         raise DeployError("interrupted; every service it started was stopped.") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -210,7 +213,7 @@ class LocalDeployment:
 
     def start_all(self) -> None:
         security = "TLS + SuperNode authentication" if self.tls else "insecure (no TLS)"
-        print(f"deploy-local: starting {len(self.processes)} services on 127.0.0.1, {security};"
+        print(f"deploy-local: starting {_services(len(self.processes))} on 127.0.0.1, {security};"
               f" logs in {self.state / 'logs'}", flush=True)
         self.start(SUPERLINK)
         if self.tls:
@@ -221,7 +224,7 @@ class LocalDeployment:
             self.start(name, wait=False)
         for name in rest:
             self.wait_ready(name)
-        print(f"deploy-local: all {len(self.processes)} services up", flush=True)
+        print(f"deploy-local: all {_services(len(self.processes))} up", flush=True)
 
     def start(self, name: str, wait: bool = True) -> Process:
         process = self.processes[name]
@@ -318,7 +321,7 @@ class LocalDeployment:
             return
         handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            print(f"deploy-local: stopping {len(started)} services", flush=True)
+            print(f"deploy-local: stopping {_services(len(started))}", flush=True)
             for process in started:
                 _signal_group(process.popen.pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_GRACE_S
@@ -331,7 +334,7 @@ class LocalDeployment:
                 _signal_group(process.popen.pid, signal.SIGKILL)
                 process.popen.wait()
             note = f" ({', '.join(forced)} needed SIGKILL)" if forced else ""
-            print(f"deploy-local: stopped all {len(started)} services{note}", flush=True)
+            print(f"deploy-local: stopped all {_services(len(started))}{note}", flush=True)
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
@@ -354,6 +357,10 @@ class _Stream(threading.Thread):
                 print(line, end="", flush=True)
 
 
+def _services(count: int) -> str:
+    return f"{count} service{'s' if count != 1 else ''}"
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
@@ -365,9 +372,13 @@ def _port_free(port: int) -> bool:
 
 
 def _accepts(port: int) -> bool:
+    """Whether a server listens on the port. A probe of a free port in the ephemeral range
+    can connect to itself (TCP self-connect), holding the port: that does not count."""
     with socket.socket() as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        if sock.connect_ex(("127.0.0.1", port)) != 0:
+            return False
+        return sock.getsockname() != sock.getpeername()
 
 
 def _signal_group(pgid: int, sig: int) -> None:

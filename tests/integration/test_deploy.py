@@ -9,6 +9,7 @@ the test's folder).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -37,8 +38,9 @@ BYTES = ("bytes_up", "bytes_down", "bytes_up_per_client", "bytes_down_per_client
 
 
 def free_ports(count: int) -> int:
-    """A base port with `count` free ports from it."""
-    for base in range(20000 + os.getpid() % 20000, 60000, 17):
+    """A base port with `count` free ports from it, below Linux's ephemeral range (32768+),
+    where outgoing connections would take ports between this check and the services' bind."""
+    for base in range(20000 + os.getpid() % 10000, 32000, 17):
         if all(_free(base + i) for i in range(count)):
             return base
     raise RuntimeError("no free ports")
@@ -70,10 +72,12 @@ def left_behind(folder: Path) -> list[psutil.Process]:
 def no_leftovers(tmp_path):
     """Fails the test if a process of its deployment outlives it, and kills any such one."""
     yield tmp_path
-    stray = left_behind(tmp_path)
-    for process in stray:
-        process.kill()
-    assert not stray, f"left running: {[p.cmdline()[:2] for p in stray]}"
+    stray = {}
+    for process in left_behind(tmp_path):
+        with contextlib.suppress(psutil.Error):
+            stray[process.pid] = process.name()
+            process.kill()
+    assert not stray, f"left running: {stray}"
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +85,17 @@ def certs(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("certs")
     generate_certs(folder, 2)
     return folder
+
+
+def stop(launcher: subprocess.Popen) -> None:
+    """What a user does: Ctrl-C (deploy-local then stops its services), SIGKILL if stuck."""
+    if launcher.poll() is None:
+        launcher.send_signal(signal.SIGINT)
+        try:
+            launcher.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.wait()
 
 
 def deploy_local(*args: str) -> tuple[subprocess.Popen, list[str], threading.Thread]:
@@ -120,9 +135,7 @@ def test_deployment_runs_rounds_survives_a_crashed_node_and_counts_simulations_b
         os.kill(node_pid, signal.SIGKILL)  # SuperNode 1 crashes during round 2
         launcher.wait(timeout=400)
     finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGINT)  # deploy-local stops its services
-            launcher.wait(timeout=60)
+        stop(launcher)
         reader.join(timeout=10)
     output = "".join(lines)
     assert launcher.returncode == 0, output[-4000:]
@@ -173,11 +186,8 @@ def test_ctrl_c_stops_every_service(glue_dir, no_leftovers):
             assert launcher.poll() is None and time.monotonic() < deadline, "".join(lines)
             time.sleep(0.2)
         assert "insecure (no TLS)" in "".join(lines)
-        launcher.send_signal(signal.SIGINT)
-        launcher.wait(timeout=60)
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
+        stop(launcher)
         reader.join(timeout=10)
     output = "".join(lines)
     assert launcher.returncode == 2, output[-3000:]
