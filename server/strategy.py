@@ -34,6 +34,7 @@ class RoundTraffic:
 
     started: float = field(default_factory=time.perf_counter)
     sent_to: list[int] = field(default_factory=list)
+    sent: list[Message] = field(default_factory=list)  # Flower sets their ids as it sends them
     bytes_down: list[int] = field(default_factory=list)
     bytes_up: list[int] = field(default_factory=list)
     clients: list[int] = field(default_factory=list)
@@ -41,8 +42,18 @@ class RoundTraffic:
     skipped: bool = False
     train_loss: float | None = None
 
+    def node_of(self, reply: Message) -> int:
+        """The node a reply stands for. The SuperLink answers for an offline node itself
+        (an error reply from node 1), so look up where the instruction went."""
+        for message in self.sent:
+            if message.metadata.message_id == reply.metadata.reply_to_message_id:
+                return message.metadata.dst_node_id
+        return reply.metadata.src_node_id
+
 
 class FedPafiStrategy(FedAvg):
+    poll_s = 1.0  # seconds between looks at the online nodes while waiting for enough
+
     def __init__(self, session: Session) -> None:
         cfg = session.cfg
         super().__init__(
@@ -57,6 +68,7 @@ class FedPafiStrategy(FedAvg):
                                                 cfg.server_beta2, cfg.server_tau or server_lr / 10)
         self.traffic: dict[int, RoundTraffic] = {}
         self.round_offset = 0  # rounds completed before this process (a resumed run)
+        self.online: set[int] | None = None  # nodes online at the last sampling
 
     def checkpoint(self) -> State:
         """What a resumed run needs: the global state and the server optimizer's moments."""
@@ -84,16 +96,57 @@ class FedPafiStrategy(FedAvg):
     ) -> Iterable[Message]:
         server_round += self.round_offset
         traffic = self.traffic.setdefault(server_round, RoundTraffic())
-        self._hint_if_waiting(grid)
-        _, available = sample_nodes(grid, self.min_available_nodes, self.min_train_nodes)
+        available = self._available_nodes(grid, server_round)
         sampler = random.Random(self.session.cfg.seed * 1_000_003 + server_round)
-        nodes = sampler.sample(sorted(available), self.min_train_nodes)
+        nodes = sampler.sample(sorted(available), min(self.min_train_nodes, len(available)))
         config[p.ROUND] = server_round
         record = self._record(arrays, config)
         messages = [Message(content=record, message_type="train", dst_node_id=n) for n in nodes]
-        traffic.bytes_down = [message_bytes(messages[0])] * len(messages)  # same content
-        traffic.sent_to = nodes
+        traffic.bytes_down = [message_bytes(m) for m in messages[:1]] * len(messages)  # alike
+        traffic.sent_to, traffic.sent = nodes, messages
         return messages
+
+    def _available_nodes(self, grid: Grid, server_round: int) -> list[int]:
+        """The nodes to sample from: all of them at the start, then those still online.
+
+        The first round waits for `sampled_clients` SuperNodes, as Flower's `sample_nodes`
+        does. Later a SuperNode that crashed or was stopped goes offline (no heartbeat) and
+        never comes back under its id; waiting for it would stall a deployment forever, so
+        a round goes on with the online nodes as long as `min-replies` of them are, and says
+        which nodes left or joined.
+        """
+        if self.online is None:
+            self._hint_if_waiting(grid)
+            _, available = sample_nodes(grid, self.min_available_nodes, self.min_train_nodes)
+        else:
+            available = self._wait_for_min_replies(grid, server_round)
+        self._report_changes(set(available), server_round)
+        return available
+
+    def _wait_for_min_replies(self, grid: Grid, server_round: int) -> list[int]:
+        """Online nodes, once `min-replies` are; after `round-timeout` whatever is online."""
+        cfg = self.session.cfg
+        deadline = time.monotonic() + cfg.round_timeout
+        online = list(grid.get_node_ids())
+        if len(online) < cfg.min_replies:
+            print(f"round {server_round}: {len(online)} SuperNodes online, min-replies is "
+                  f"{cfg.min_replies}; waiting up to {cfg.round_timeout:g}s for more",
+                  flush=True)
+        while len(online) < cfg.min_replies and time.monotonic() < deadline:
+            time.sleep(self.poll_s)
+            online = list(grid.get_node_ids())
+        return online
+
+    def _report_changes(self, online: set[int], server_round: int) -> None:
+        if self.online is not None:
+            if gone := sorted(self.online - online):
+                print(f"round {server_round}: SuperNode {', '.join(map(str, gone))} went "
+                      f"offline (stopped, or crashed and missed its heartbeats); going on "
+                      f"with the {len(online)} online", flush=True)
+            if joined := sorted(online - self.online):
+                print(f"round {server_round}: SuperNode {', '.join(map(str, joined))} joined",
+                      flush=True)
+        self.online = online
 
     def _hint_if_waiting(self, grid: Grid) -> None:
         connected, needed = len(list(grid.get_node_ids())), self.min_available_nodes
@@ -114,9 +167,10 @@ class FedPafiStrategy(FedAvg):
         accepted: list[ValidReply] = []
         replied = set()
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = traffic.node_of(reply)
             replied.add(node)
-            traffic.bytes_up.append(message_bytes(reply))
+            if reply.has_content():  # an error reply uploads nothing
+                traffic.bytes_up.append(message_bytes(reply))
             try:
                 accepted.append(self._validated(reply))
             except FedPafiError as exc:

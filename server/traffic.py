@@ -1,20 +1,30 @@
-"""Bytes on the wire: what Flower carries for a message, measured from its objects.
+"""Bytes on the wire: what Flower carries for a message's records, measured from its objects.
 
 Flower 1.41 sends a message as a tree of deflated objects (message, records, arrays and
-5 MB array chunks), each once. Their summed size is what crosses the network.
+5 MB array chunks), each once. The records and everything below them are counted. The
+message object itself, an envelope of ids and timestamps (130-200 B), is not: its size
+depends on the runtime (the simulation engine writes UUIDs, a SuperLink content hashes and
+random task ids), so leaving it out makes a round's bytes the same in simulation and in a
+deployment.
 """
 
 from __future__ import annotations
 
 import time
 
-from flwr.app import Error, Message, Metadata, RecordDict
+from flwr.app import ArrayRecord, Error, Message, Metadata, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 
 def message_bytes(message: Message) -> int:
-    """Bytes Flower carries for a message: every deflated object of its tree, once."""
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+    """Bytes Flower carries for a message's records: every deflated object, once (0 for an
+    error reply, which has none)."""
+    return record_bytes(message.content) if message.has_content() else 0
+
+
+def record_bytes(record: RecordDict | ArrayRecord) -> int:
+    """Bytes Flower carries for a record and everything below it (arrays, chunks)."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(record).values())
 
 
 def standalone_reply(record: RecordDict | Error) -> Message:

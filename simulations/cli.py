@@ -1,4 +1,4 @@
-"""The `fedpafi` command: simulate, compare, mask, export, evaluate.
+"""The `fedpafi` command: simulate, compare, deploy-local, mask, export, evaluate.
 
 Run options are generated from RunConfig, so every flag matches a `[tool.flwr.app.config]`
 key of the same (kebab-case) name. Errors a user can fix print one line and exit 2.
@@ -20,6 +20,7 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 from common.config import RunConfig  # noqa: E402
 from common.errors import FedPafiError  # noqa: E402
+from simulations import deploy  # noqa: E402
 
 HELP = {
     "method": "pafi-hiwi (default), pafi, hiwi, lora, bitfit, full",
@@ -152,6 +153,16 @@ def cmd_compare(args: argparse.Namespace) -> None:
     run_comparison(base, grid, simulate)
 
 
+def cmd_deploy_local(args: argparse.Namespace) -> None:
+    cfg = config_from_args(args)
+    if args.write_compose:
+        for path in deploy.write_compose(cfg.num_clients, Path(args.write_compose)):
+            print(f"wrote {path}")
+        return
+    preflight(cfg)
+    deploy.deploy_local(cfg, args.tls, Path(args.certs), args.base_port)
+
+
 def cmd_mask(args: argparse.Namespace) -> None:
     from common.glue import get_task
     from common.methods import backbone_mask
@@ -222,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--methods", default=",".join(COMPARE_METHODS),
                          help="comma list of methods [default: all]")
     compare.set_defaults(func=cmd_compare)
+
+    local = commands.add_parser("deploy-local", help="run the app on the docker-compose "
+                                "services, started as local processes (no Docker)")
+    add_run_options(local)
+    deploy.add_options(local)
+    local.set_defaults(func=cmd_deploy_local)
 
     mask = commands.add_parser("mask", help="compute the shared PaFi mask and its fingerprint")
     add_run_options(mask, only=MASK_OPTIONS)

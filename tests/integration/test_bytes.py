@@ -21,7 +21,7 @@ from common.methods import METHODS
 from common.session import Session
 from common.train import TrainResult
 from server.strategy import FedPafiStrategy
-from server.traffic import message_bytes, standalone_reply
+from server.traffic import message_bytes, record_bytes, standalone_reply
 
 pytestmark = pytest.mark.integration
 HEAD = 384 * 2 + 2  # MiniLM hidden size x 2 labels, + bias
@@ -53,9 +53,9 @@ def test_bytes_follow_values_times_codec_bits(method):
         session.cfg = session.cfg.replace(codec=codec.name)
         record = reply_record(session, update, result, partition_id=0)
         formula = math.ceil(values * codec.bits / 8)
-        carried = message_bytes(record[p.UPDATE])
+        carried = record_bytes(record[p.UPDATE])
         assert formula <= carried <= 1.05 * formula, (codec.name, carried, formula)
         framing = message_bytes(standalone_reply(record)) - carried
         assert 0 < framing < 1500, (codec.name, framing)  # metrics, codec, fingerprint, ids
-    download = message_bytes(FedPafiStrategy(session).initial_arrays())  # always fp32
+    download = record_bytes(FedPafiStrategy(session).initial_arrays())  # always fp32
     assert 4 * values <= download <= 1.05 * 4 * values

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import torch
+from flwr.app import Error, Message, Metadata
 
 from client.app import reply_record
 from common.config import RunConfig
@@ -84,3 +87,15 @@ def test_fedadam_strategy_resumes_with_its_moments(tiny_model_dir):
     assert all(torch.equal(straight.state[k], resumed.state[k]) for k in straight.state)
     plain = {k: v + sum(r[k] for r in replies) for k, v in first.session.method.state().items()}
     assert not all(torch.allclose(straight.state[k], plain[k]) for k in plain)  # not FedAvg
+
+
+def test_bytes_count_the_records_not_the_runtime_envelope(strategy):
+    """Same records, other ids and timestamps (another runtime): the same byte count."""
+    reply = _reply(strategy)
+    envelope = Metadata(run_id=2**63 + 5, message_id="", src_node_id=2**64 - 3, dst_node_id=1,
+                        reply_to_message_id=str(uuid.uuid4()), group_id="7", created_at=1.5,
+                        ttl=60.0, message_type="train")
+    other = Message(content=reply.content, metadata=envelope)
+    assert len(other.deflate()) != len(reply.deflate())
+    assert message_bytes(other) == message_bytes(reply) > 0
+    assert message_bytes(standalone_reply(Error(code=0, reason="crashed"))) == 0
