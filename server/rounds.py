@@ -44,10 +44,10 @@ class RoundReporter:
             self.initial = {**metrics, "loss": loss}
             print(f"round 0 (pre-trained backbone, new head): dev {self.metric} "
                   f"{metrics[self.metric]:.4f}", flush=True)
-        else:
-            self._log_round(done + server_round, metrics, loss)
+        else:  # checkpoint first: a round in the log always has its checkpoint
             self.folder.save_checkpoint(done + server_round, self.strategy.checkpoint(),
                                         {"initial_metrics": self.initial})
+            self._log_round(done + server_round, metrics, loss)
         if server_round == 0:
             print(report.table_header(self.metric), flush=True)
         return MetricRecord({**metrics, "loss": loss})
