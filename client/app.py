@@ -86,7 +86,7 @@ def _own_shard(cfg: RunConfig, context: Context) -> tuple[int, Dataset]:
 def reply_record(session: Session, update: State, result: TrainResult, partition_id: int,
                  fingerprint: str | None = None) -> RecordDict:
     """What a client sends back: the encoded update, its weight and metrics, its codec."""
-    arrays = encode_update(update, session.codec)
+    arrays = encode_update(update, session.codec, session.method.layout)
     return RecordDict({
         p.UPDATE: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
         p.METRICS: MetricRecord({

@@ -23,9 +23,10 @@ Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
 VALUES = "values"  # the one array of an encoded update
 
 
-def encode_update(update: State, codec: Codec) -> dict[str, np.ndarray]:
-    """The update as one flat array in layout order: names and shapes never travel."""
-    flat = torch.cat([value.detach().float().cpu().reshape(-1) for value in update.values()])
+def encode_update(update: State, codec: Codec, layout: Layout) -> dict[str, np.ndarray]:
+    """The update as one flat array in layout order (not the dict's order, which a file or
+    a copy may have changed): names and shapes never travel."""
+    flat = torch.cat([update[key].detach().float().cpu().reshape(-1) for key in layout])
     return {VALUES: codec.encode(flat)}
 
 
@@ -44,9 +45,9 @@ def decode_update(arrays: dict[str, np.ndarray], codec: Codec, layout: Layout) -
     return update
 
 
-def pack_state(state: State) -> dict[str, np.ndarray]:
+def pack_state(state: State, layout: Layout) -> dict[str, np.ndarray]:
     """The global state as the server sends it: the same flat layout, always fp32."""
-    return encode_update(state, CODECS["fp32"])
+    return encode_update(state, CODECS["fp32"], layout)
 
 
 def unpack_state(arrays: dict[str, np.ndarray], layout: Layout) -> State:

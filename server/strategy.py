@@ -76,14 +76,15 @@ class FedPafiStrategy(FedAvg):
 
     def resume(self, completed_round: int, saved: State) -> None:
         """Continue after `completed_round` from its checkpoint."""
-        state = {k: v for k, v in saved.items() if k in self.session.method.layout}
+        state = {k: saved[k] for k in self.session.method.layout if k in saved}
         self.session.method.check_layout(state, "checkpoint")
         self.optimizer.load_state_dict(saved)
         self.state, self.round_offset = state, completed_round
 
     def initial_arrays(self) -> ArrayRecord:
         """The global state on the wire: one flat fp32 array in the method's layout."""
-        return ArrayRecord({k: Array(v) for k, v in pack_state(self.state).items()})
+        packed = pack_state(self.state, self.session.method.layout)
+        return ArrayRecord({k: Array(v) for k, v in packed.items()})
 
     def base_config(self) -> ConfigRecord:
         return ConfigRecord({

@@ -68,7 +68,8 @@ def test_registry_has_the_core_methods():
 def test_state_round_trips_through_every_codec_layout(tiny_model_dir, name, sync, target):
     method = _method(tiny_model_dir, name, sync, target)
     state = {k: torch.randn_like(v) * 0.01 for k, v in method.state().items()}
-    wire = decode_update(encode_update(state, CODECS["fp32"]), CODECS["fp32"], method.layout)
+    wire = decode_update(encode_update(state, CODECS["fp32"], method.layout), CODECS["fp32"],
+                         method.layout)
     method.load(wire)
     assert all(torch.equal(method.state()[k], state[k]) for k in state)
 

@@ -8,7 +8,15 @@ import torch
 
 from common.codecs import CODECS, INT8_CHUNK
 from common.errors import UpdateError
-from common.updates import VALUES, add, decode_update, encode_update, weighted_mean
+from common.updates import (
+    VALUES,
+    add,
+    decode_update,
+    encode_update,
+    pack_state,
+    unpack_state,
+    weighted_mean,
+)
 
 LAYOUT = {"pafi.delta": ((10_000,), torch.float32), "head.w": ((2, 3), torch.float32)}
 
@@ -22,7 +30,7 @@ def _update(seed=0):
                                              ("int8", 1 / 127)])
 def test_codec_round_trip_error_is_bounded(name, tolerance):
     codec, update = CODECS[name], _update()
-    decoded = decode_update(encode_update(update, codec), codec, LAYOUT)
+    decoded = decode_update(encode_update(update, codec, LAYOUT), codec, LAYOUT)
     for key, value in update.items():
         assert decoded[key].shape == value.shape and decoded[key].dtype == torch.float32
         error = (decoded[key] - value).abs().max()
@@ -32,7 +40,7 @@ def test_codec_round_trip_error_is_bounded(name, tolerance):
 @pytest.mark.parametrize("name", ["fp32", "fp16", "bf16", "int8"])
 def test_encoded_size_matches_the_floor(name):
     codec, update = CODECS[name], _update()
-    arrays = encode_update(update, codec)
+    arrays = encode_update(update, codec, LAYOUT)
     values = sum(v.numel() for v in update.values())
     assert list(arrays) == [VALUES]
     scales = 4 * -(-values // INT8_CHUNK) if name == "int8" else 0
@@ -53,14 +61,14 @@ def test_only_lossless_codec_is_unmarked():
     (lambda a: a[VALUES].__setitem__(10_000, np.inf), "'head.w' holds 1 non-finite"),
 ])
 def test_corrupt_updates_are_refused_with_the_reason(corrupt, message):
-    arrays = encode_update(_update(), CODECS["fp32"])
+    arrays = encode_update(_update(), CODECS["fp32"], LAYOUT)
     corrupt(arrays)
     with pytest.raises(UpdateError, match=message):
         decode_update(arrays, CODECS["fp32"], LAYOUT)
 
 
 def test_int8_needs_its_scales():
-    arrays = encode_update(_update(), CODECS["int8"])
+    arrays = encode_update(_update(), CODECS["int8"], LAYOUT)
     arrays[VALUES] = arrays[VALUES][:10_006]  # the codes without the scale bytes
     with pytest.raises(UpdateError, match="10018 values of int8"):
         decode_update(arrays, CODECS["int8"], LAYOUT)
@@ -71,3 +79,12 @@ def test_weighted_mean_by_hand():
     mean = weighted_mean(updates, [1, 3])
     assert mean["v"].tolist() == [2.5, 3.0]  # (1*1 + 3*3)/4, (1*0 + 3*4)/4
     assert add({"v": torch.tensor([1.0, 1.0])}, mean)["v"].tolist() == [3.5, 4.0]
+
+
+def test_packing_follows_the_layout_not_the_dicts_order():
+    """A state read back from a file comes in sorted key order; the wire must not care."""
+    state = _update()
+    reordered = dict(reversed(state.items()))
+    assert list(reordered) != list(LAYOUT)
+    unpacked = unpack_state(pack_state(reordered, LAYOUT), LAYOUT)
+    assert all(torch.equal(unpacked[k], state[k]) for k in LAYOUT)
