@@ -26,8 +26,6 @@ PREFIX = "server-opt."
 class ServerOptimizer:
     """`fedavg`: the new global state is the old one plus the mean update."""
 
-    name = "fedavg"
-
     def step(self, state: State, mean_update: State, server_round: int) -> State:
         return add(state, mean_update)
 
@@ -50,13 +48,12 @@ class AdaptiveServerOptimizer(ServerOptimizer, ABC):
         if not self.m:
             self.m = {k: torch.zeros_like(v) for k, v in state.items()}
             self.v = {k: torch.zeros_like(v) for k, v in state.items()}
-        out = {}
+        size, out = self._step_size(server_round), {}
         for key, value in state.items():
             delta = mean_update[key].to(value.dtype)
             self.m[key] = self.beta1 * self.m[key] + (1 - self.beta1) * delta
             self.v[key] = self._second_moment(self.v[key], delta * delta)
-            step = self._step_size(server_round) * self.m[key] / (self.v[key].sqrt() + self.tau)
-            out[key] = value + step
+            out[key] = value + size * self.m[key] / (self.v[key].sqrt() + self.tau)
         return out
 
     @abstractmethod
@@ -77,8 +74,6 @@ class AdaptiveServerOptimizer(ServerOptimizer, ABC):
 
 
 class FedAdam(AdaptiveServerOptimizer):
-    name = "fedadam"
-
     def _second_moment(self, v: torch.Tensor, squared: torch.Tensor) -> torch.Tensor:
         return self.beta2 * v + (1 - self.beta2) * squared
 
@@ -89,8 +84,6 @@ class FedAdam(AdaptiveServerOptimizer):
 
 
 class FedYogi(AdaptiveServerOptimizer):
-    name = "fedyogi"
-
     def _second_moment(self, v: torch.Tensor, squared: torch.Tensor) -> torch.Tensor:
         # grows like Adam's, but shrinks additively: slower to forget a large update
         return v - (1 - self.beta2) * squared * torch.sign(v - squared)

@@ -146,7 +146,9 @@ def simulate(cfg: RunConfig, resume=None) -> Path:
 def cmd_compare(args: argparse.Namespace) -> None:
     from simulations.compare import run_comparison, split_list, variants
 
-    codecs, server_opts = split_list(args.codec or "fp32"), split_list(args.server_opt or "fedavg")
+    defaults = RunConfig()
+    codecs = split_list(args.codec or defaults.codec)
+    server_opts = split_list(args.server_opt or defaults.server_opt)
     args.codec = args.server_opt = None  # lists here; each run gets one value
     base = config_from_args(args)
     grid = variants(base, split_list(args.methods), codecs, server_opts)

@@ -41,7 +41,7 @@ class LoRAPart(Part):
     def __init__(self, model: nn.Module, config: LoraConfig, seed: int) -> None:
         self.config, self.seed = config, seed
         inject(model, config, seed)
-        self.params = {n: p for n, p in model.named_parameters() if "lora_" in n}
+        self.params = _factors(model)
         self.initial = {n: p.detach().clone() for n, p in self.params.items()}
         for param in self.params.values():
             param.requires_grad_(True)
@@ -67,6 +67,11 @@ class LoRAPart(Part):
     def merge_into(self, model: nn.Module, compact: State) -> None:
         """Inject the same factors into the plain model, load them, and let peft merge."""
         tuner = inject(model, self.config, self.seed)
-        params = {n: p for n, p in model.named_parameters() if "lora_" in n}
+        params = _factors(model)
         self._copy(params, {n: compact[PREFIX + n].to(p.device) for n, p in params.items()})
         tuner.merge_and_unload()
+
+
+def _factors(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The LoRA A and B matrices peft added, by parameter name."""
+    return {n: p for n, p in model.named_parameters() if "lora_" in n}
