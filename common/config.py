@@ -22,10 +22,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mask_criterion": ("smallest", "largest", "random"),
     "hiwi_target": ("bias", "weight"),
     "hiwi_sync": ("merged", "adapter"),
+    "untrained_pooler": ("identity", "train", "keep"),
     "server_opt": ("fedavg", "fedadam", "fedyogi"),
     "device": ("auto", "cpu", "cuda"),
 }
 MASK_INCLUDE_PARTS = ("bias", "layernorm")
+LR_GROUPS = ("pafi", "hiwi", "head", "bitfit", "lora", "full")  # a learning rate each
 FAULT_KINDS = ("crash", "nan", "wrong-length", "wrong-fingerprint", "slow")
 
 
@@ -44,7 +46,13 @@ class RunConfig:
     local_epochs: float = 0.0  # > 0 replaces local-steps with passes over the shard
     batch_size: int = 16
     max_seq_length: int = 128
-    lr: float = 0.0  # 0: the method's default learning rate
+    lr: float = 0.0  # > 0 overrides every part's learning rate below
+    lr_pafi: float = 1e-2  # PaFi's masked deltas
+    lr_hiwi: float = 1e-3  # HiWi adapters
+    lr_head: float = 1e-3  # the task head (and an untrained pooler, when trained)
+    lr_bitfit: float = 3e-3  # bitfit's biases
+    lr_lora: float = 1e-3  # LoRA factors
+    lr_full: float = 1e-4  # full fine-tuning, every weight
     sparsity: float = 0.005
     mask_k: int = 0  # > 0 replaces sparsity with an absolute number of entries
     mask_scope: str = "global"
@@ -53,6 +61,7 @@ class RunConfig:
     hiwi_target: str = "bias"
     hiwi_rank: int = 8
     hiwi_sync: str = "merged"
+    untrained_pooler: str = "identity"  # a pooler that was never trained: identity/train/keep
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: str = "query,value"  # comma list of linear module names
@@ -114,6 +123,10 @@ class RunConfig:
     def mask_include_parts(self) -> tuple[str, ...]:
         return tuple(sorted(p.strip() for p in self.mask_include.split(",") if p.strip()))
 
+    def part_lr(self, group: str) -> float:
+        """The learning rate of one part of a method (`lr` > 0 overrides them all)."""
+        return self.lr or getattr(self, f"lr_{group}")
+
     @property
     def sampled_clients(self) -> int:
         return self.clients_per_round or self.num_clients
@@ -169,6 +182,8 @@ class RunConfig:
             )
         if not 0 < self.sparsity <= 1:
             raise ConfigError(f"sparsity is a fraction in (0, 1], got {self.sparsity}.")
+        for name in LR_GROUPS:
+            _positive(f"lr-{name}", getattr(self, f"lr_{name}"))
         for name in ("mask_k", "eval_max_examples", "lr", "client_cpus", "client_gpus",
                      "max_update_norm", "server_lr", "server_tau"):
             if getattr(self, name) < 0:

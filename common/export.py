@@ -41,7 +41,8 @@ def load_update(path: Path) -> tuple[State, dict[str, str]]:
 
 def merged_model(session: Session, compact: State):
     """A plain pre-trained backbone with the compact update folded in."""
-    plain = load_backbone(session.cfg.model, session.task, session.cfg.seed).model
+    cfg = session.cfg
+    plain = load_backbone(cfg.model, session.task, cfg.seed, cfg.untrained_pooler).model
     plain.to(next(session.method.model.parameters()).device)
     return session.method.merge_into(plain, compact).eval()
 

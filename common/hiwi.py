@@ -1,9 +1,20 @@
 """HiWi: a bottleneck adapter fed with a pre-trained parameter instead of a hidden state.
 
-P' = P + f(P W_down + b_down) W_up + b_up, with W_up and b_up zero so that P' = P at the
-start. It is a torch parametrization: the model computes P' on every forward while
-training, and merging is torch's own `remove_parametrizations(leave_parametrized=True)`,
-which writes P' into the parameter once and drops the adapter (no inference cost).
+P' = P + s * (f(x W_down + b_down) W_up + b_up), where x is a row of the *pre-trained*
+parameter P0 scaled to unit L2 norm and s is the RMS of P0. W_up and b_up start at zero,
+so P' = P at the start.
+
+- The input is P0, always: the adapter keeps it as a buffer, so neither a global change
+  accumulated over rounds nor PaFi deltas written into the same tensor feed back into it.
+  P (the stored parameter) may carry those; the adapter's output is added after them.
+- Unit-norm input rows: the bottleneck sees the same scale on any backbone, whatever the
+  size of the parameter (a bias of RMS 0.16 has an L1 norm of 165 in MiniLM).
+- Output in units of s: one Adam step of lr on b_up moves P' by lr * s, the same relative
+  change for a bias or a weight, on any backbone.
+
+It is a torch parametrization: the model computes P' on every forward while training. The
+export adds P' - P to the plain model's parameter once and keeps no adapter, so inference
+costs what the plain model costs.
 """
 
 from __future__ import annotations
@@ -16,21 +27,28 @@ from common.errors import ConfigError
 
 # Names of the FFN input projection in common encoder families.
 FFN_INPUT_SUFFIXES = ("intermediate.dense", "ffn.lin1", "mlp.fc1")
+_TINY = 1e-12
 
 
 class HiWiAdapter(nn.Module):
-    """Maps P to P': each row of P (a bias is one row) goes through the bottleneck."""
+    """Maps P to P' = P + s * adapter(P0 rows); a bias is one row."""
 
-    def __init__(self, in_features: int, rank: int) -> None:
+    def __init__(self, pretrained: torch.Tensor, rank: int) -> None:
         super().__init__()
-        self.down = nn.Linear(in_features, rank)
-        self.up = nn.Linear(rank, in_features)
+        rows = pretrained.detach().reshape(-1, pretrained.shape[-1]).float()
+        self.register_buffer("source", rows / rows.norm(dim=1, keepdim=True).clamp_min(_TINY))
+        self.scale = float(rows.pow(2).mean().sqrt()) or 1.0
+        self.down = nn.Linear(rows.shape[1], rank)
+        self.up = nn.Linear(rank, rows.shape[1])
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
+    def change(self) -> torch.Tensor:
+        """P' - P, a function of the adapter and P0 only."""
+        return self.scale * self.up(nn.functional.gelu(self.down(self.source)))
+
     def forward(self, param: torch.Tensor) -> torch.Tensor:
-        rows = param.reshape(-1, param.shape[-1])
-        return param + self.up(nn.functional.gelu(self.down(rows))).reshape(param.shape)
+        return param + self.change().reshape(param.shape).to(param.dtype)
 
 
 def ffn_input_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -48,25 +66,18 @@ def attach(
     modules: dict[str, nn.Module], param_name: str, rank: int, seed: int
 ) -> dict[str, HiWiAdapter]:
     """Put a fresh zero-output adapter on `param_name` of each module (seeded init)."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
     adapters = {}
-    for name, module in modules.items():
-        param = getattr(module, param_name)
-        adapter = HiWiAdapter(param.shape[-1], rank).to(param.device)
-        parametrize.register_parametrization(module, param_name, adapter, unsafe=True)
-        adapters[name] = adapter
-    torch.random.set_rng_state(generator_state)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, module in modules.items():
+            param = getattr(module, param_name)
+            adapter = HiWiAdapter(param, rank).to(param.device)
+            parametrize.register_parametrization(module, param_name, adapter, unsafe=True)
+            adapters[name] = adapter
     return adapters
 
 
 def original(module: nn.Module, param_name: str) -> torch.Tensor:
-    """The adapter's input P (the stored parameter), as opposed to the computed P'."""
+    """The stored parameter P that the adapter's change is added to (not the computed P')."""
     return getattr(module.parametrizations, param_name).original
 
-
-def merge(modules: dict[str, nn.Module], param_name: str) -> None:
-    """Write P' into each parameter and throw the adapters away."""
-    for module in modules.values():
-        if parametrize.is_parametrized(module, param_name):
-            parametrize.remove_parametrizations(module, param_name, leave_parametrized=True)

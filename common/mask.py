@@ -176,7 +176,7 @@ def compute_mask(
 
 def _scores(param: torch.Tensor, settings: MaskSettings, position: int) -> torch.Tensor:
     """Lower score = chosen first."""
-    flat = param.detach().float().reshape(-1).abs()
+    flat = param.detach().cpu().float().reshape(-1).abs()  # the same mask on any device
     if settings.criterion == "smallest":
         return flat
     if settings.criterion == "largest":

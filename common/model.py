@@ -2,6 +2,12 @@
 
 The task head is whatever the checkpoint does not contain (transformers reports it as
 missing keys): it is newly initialised, so it is always trained densely and always sent.
+
+A pooler can be in the checkpoint and still never have been trained: all-MiniLM-L6-v2 was
+trained with mean pooling, and its BERT pooler is the random init (bias exactly zero). A
+PEFT method that freezes it would classify a random projection of [CLS]. So such a pooler
+is, by `untrained-pooler`: `identity` (a fixed, task-agnostic map, tanh of [CLS], the
+default), `train` (part of the head: trained densely and sent) or `keep` (as shipped).
 """
 
 from __future__ import annotations
@@ -66,8 +72,10 @@ class Backbone:
     identity: str  # sha256 of the pre-trained weights: same digest, same backbone
 
 
-def load_backbone(name: str, task: TaskSpec, seed: int) -> Backbone:
-    """Load the pre-trained encoder with a freshly (and reproducibly) initialised head."""
+def load_backbone(name: str, task: TaskSpec, seed: int,
+                  untrained_pooler: str = "identity") -> Backbone:
+    """Load the pre-trained encoder in float32 with a freshly (and reproducibly) initialised
+    head, and handle a pooler that was never trained (see the module docstring)."""
     path = resolve_model(name)
     labels = {} if task.is_regression else {
         "id2label": dict(enumerate(task.label_names)),
@@ -80,6 +88,7 @@ def load_backbone(name: str, task: TaskSpec, seed: int) -> Backbone:
             num_labels=task.num_labels,
             problem_type="regression" if task.is_regression else "single_label_classification",
             output_loading_info=True,
+            dtype=torch.float32,
             **labels,
         )
     except (OSError, ValueError) as exc:
@@ -87,6 +96,11 @@ def load_backbone(name: str, task: TaskSpec, seed: int) -> Backbone:
             f"Cannot load model '{name}' for sequence classification: {exc}"
         ) from None
     head = tuple(sorted(info["missing_keys"]))
+    pooler = untrained_pooler_names(model, head)
+    if pooler and untrained_pooler == "identity":
+        _make_identity(model, pooler)
+    elif pooler and untrained_pooler == "train":
+        head = tuple(sorted(head + pooler))
     params = dict(model.named_parameters())
     unknown = [n for n in head if n not in params]
     if unknown or not head:
@@ -95,6 +109,28 @@ def load_backbone(name: str, task: TaskSpec, seed: int) -> Backbone:
             "pass a pre-trained encoder checkpoint without a classification head."
         )
     return Backbone(model=model, head_names=head, identity=weights_digest(model, head))
+
+
+def untrained_pooler_names(model: torch.nn.Module, head: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The pooler's weight and bias if the checkpoint holds a pooler that was never trained.
+
+    The sign is a bias that is exactly zero everywhere: initialisation gives that, and no
+    training run ends there. A pooler missing from the checkpoint is part of the head."""
+    params = dict(model.named_parameters())
+    names = tuple(sorted(n for n in params if ".pooler.dense." in n and n not in head))
+    bias = [params[n] for n in names if n.endswith(".bias")]
+    if len(names) != 2 or not bias or bool(bias[0].detach().any()):
+        return ()
+    return names
+
+
+def _make_identity(model: torch.nn.Module, names: tuple[str, ...]) -> None:
+    """pooled = tanh([CLS]): the pooler's weight becomes the identity, its bias stays 0."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            param = params[name]
+            param.copy_(torch.eye(*param.shape) if param.ndim == 2 else torch.zeros_like(param))
 
 
 def weights_digest(model: torch.nn.Module, exclude: tuple[str, ...] = ()) -> str:

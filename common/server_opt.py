@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 
 import torch
 
@@ -36,10 +37,16 @@ class ServerOptimizer:
         """Take this optimizer's entries (PREFIX...) from a checkpoint."""
 
 
-class AdaptiveServerOptimizer(ServerOptimizer, ABC):
-    """Shared by FedAdam and FedYogi: first moment, second moment, normalised step."""
+PerKey = float | Mapping[str, float]  # one value, or one per layout entry (per part)
 
-    def __init__(self, lr: float, beta1: float, beta2: float, tau: float) -> None:
+
+class AdaptiveServerOptimizer(ServerOptimizer, ABC):
+    """Shared by FedAdam and FedYogi: first moment, second moment, normalised step.
+
+    The step `lr` and floor `tau` may differ per layout entry, so each part of a method
+    keeps its own scale (PaFi deltas, HiWi change and head move at their own rates)."""
+
+    def __init__(self, lr: PerKey, beta1: float, beta2: float, tau: PerKey) -> None:
         self.lr, self.beta1, self.beta2, self.tau = lr, beta1, beta2, tau
         self.m: State = {}
         self.v: State = {}
@@ -48,20 +55,22 @@ class AdaptiveServerOptimizer(ServerOptimizer, ABC):
         if not self.m:
             self.m = {k: torch.zeros_like(v) for k, v in state.items()}
             self.v = {k: torch.zeros_like(v) for k, v in state.items()}
-        size, out = self._step_size(server_round), {}
+        correction, out = self._correction(server_round), {}
         for key, value in state.items():
             delta = mean_update[key].to(value.dtype)
             self.m[key] = self.beta1 * self.m[key] + (1 - self.beta1) * delta
             self.v[key] = self._second_moment(self.v[key], delta * delta)
-            out[key] = value + size * self.m[key] / (self.v[key].sqrt() + self.tau)
+            size, tau = _of(self.lr, key) * correction, _of(self.tau, key)
+            out[key] = value + size * self.m[key] / (self.v[key].sqrt() + tau)
         return out
 
     @abstractmethod
     def _second_moment(self, v: torch.Tensor, squared: torch.Tensor) -> torch.Tensor:
         """The new second moment, from the old one and the squared pseudo-gradient."""
 
-    def _step_size(self, server_round: int) -> float:
-        return self.lr
+    def _correction(self, server_round: int) -> float:
+        """Multiplies the step (Adam's bias correction; none for Yogi)."""
+        return 1.0
 
     def state_dict(self) -> State:
         return {**{f"{PREFIX}m.{k}": v for k, v in self.m.items()},
@@ -77,10 +86,10 @@ class FedAdam(AdaptiveServerOptimizer):
     def _second_moment(self, v: torch.Tensor, squared: torch.Tensor) -> torch.Tensor:
         return self.beta2 * v + (1 - self.beta2) * squared
 
-    def _step_size(self, server_round: int) -> float:
+    def _correction(self, server_round: int) -> float:
         # Flower's bias correction, with its exponent of round + 1
         t = server_round + 1.0
-        return self.lr * math.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
+        return math.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
 
 
 class FedYogi(AdaptiveServerOptimizer):
@@ -89,8 +98,12 @@ class FedYogi(AdaptiveServerOptimizer):
         return v - (1 - self.beta2) * squared * torch.sign(v - squared)
 
 
-def build_server_optimizer(name: str, lr: float, beta1: float, beta2: float,
-                           tau: float) -> ServerOptimizer:
+def _of(value: PerKey, key: str) -> float:
+    return value[key] if isinstance(value, Mapping) else value
+
+
+def build_server_optimizer(name: str, lr: PerKey, beta1: float, beta2: float,
+                           tau: PerKey) -> ServerOptimizer:
     """`name` is one of config's server-opt choices: fedavg, fedadam, fedyogi."""
     adaptive = {"fedadam": FedAdam, "fedyogi": FedYogi}
     return adaptive[name](lr, beta1, beta2, tau) if name in adaptive else ServerOptimizer()

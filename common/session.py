@@ -30,7 +30,7 @@ class Session:
     def build(cls, cfg: RunConfig) -> Session:
         cfg.validate()
         task = get_task(cfg.task)
-        backbone = load_backbone(cfg.model, task, cfg.seed)
+        backbone = load_backbone(cfg.model, task, cfg.seed, cfg.untrained_pooler)
         backbone.model.to(pick_device(cfg.device))
         return cls(cfg, task, build_method(backbone, cfg), load_tokenizer(cfg.model))
 

@@ -77,8 +77,9 @@ def train_locally(
 
 
 def make_optimizer(method: Method) -> torch.optim.Optimizer:
-    """AdamW over the method's trainable values only: its state is as small as they are."""
-    return torch.optim.AdamW(method.trainable_parameters(), lr=method.lr, weight_decay=0.0)
+    """AdamW over the method's trainable values only (its state is as small as they are),
+    one group per part at that part's learning rate."""
+    return torch.optim.AdamW(method.param_groups(), weight_decay=0.0)
 
 
 def train_step(method: Method, optimizer: torch.optim.Optimizer,

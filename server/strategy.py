@@ -63,9 +63,10 @@ class FedPafiStrategy(FedAvg):
         )
         self.session = session
         self.state: State = session.method.state()
-        server_lr = cfg.server_lr or session.method.lr
-        self.optimizer = build_server_optimizer(cfg.server_opt, server_lr, cfg.server_beta1,
-                                                cfg.server_beta2, cfg.server_tau or server_lr / 10)
+        lrs = {k: cfg.server_lr or lr for k, lr in session.method.lr_by_key().items()}
+        taus = {k: cfg.server_tau or lr / 10 for k, lr in lrs.items()}
+        self.optimizer = build_server_optimizer(cfg.server_opt, lrs, cfg.server_beta1,
+                                                cfg.server_beta2, taus)
         self.traffic: dict[int, RoundTraffic] = {}
         self.round_offset = 0  # rounds completed before this process (a resumed run)
         self.online: set[int] | None = None  # nodes online at the last sampling

@@ -47,7 +47,7 @@ HELP = {
 
 COMPARE_METHODS = ("full", "bitfit", "lora", "pafi", "hiwi", "pafi-hiwi")
 MASK_OPTIONS = ("model", "sparsity", "mask_k", "mask_scope", "mask_criterion", "mask_include",
-                "seed")
+                "untrained_pooler", "seed")
 
 
 def add_run_options(parser: argparse.ArgumentParser, only: tuple[str, ...] = (),
@@ -171,7 +171,8 @@ def cmd_mask(args: argparse.Namespace) -> None:
     from common.model import load_backbone
 
     cfg = config_from_args(args)
-    backbone = load_backbone(cfg.model, get_task(cfg.task), cfg.seed)  # the head is not masked
+    # the head is not masked
+    backbone = load_backbone(cfg.model, get_task(cfg.task), cfg.seed, cfg.untrained_pooler)
     mask = backbone_mask(backbone, cfg)
     print(f"{'tensor':<60} {'selected':>9} {'of':>10} {'%':>7}")
     for name, (chosen, size) in mask.counts().items():

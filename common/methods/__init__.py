@@ -14,7 +14,7 @@ from common.model import Backbone
 
 
 def _head(backbone: Backbone) -> Part:
-    return DensePart(backbone.model, backbone.head_names, prefix="head.")
+    return DensePart(backbone.model, backbone.head_names, prefix="head.", lr_group="head")
 
 
 def _hiwi(backbone: Backbone, cfg: RunConfig) -> Part:
@@ -23,13 +23,13 @@ def _hiwi(backbone: Backbone, cfg: RunConfig) -> Part:
 
 def _full(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
     names = tuple(n for n, _ in backbone.model.named_parameters())
-    return [DensePart(backbone.model, names, prefix="full.")]
+    return [DensePart(backbone.model, names, prefix="full.", lr_group="full")]
 
 
 def _bitfit(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
     biases = tuple(n for n, _ in backbone.model.named_parameters()
                    if n.endswith(".bias") and n not in backbone.head_names)
-    return [DensePart(backbone.model, biases, prefix="bitfit."), _head(backbone)]
+    return [DensePart(backbone.model, biases, prefix="bitfit.", lr_group="bitfit"), _head(backbone)]
 
 
 def _lora(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
@@ -52,12 +52,12 @@ def _pafi_hiwi(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Pa
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        MethodSpec("full", "all weights, dense", 1e-4, False, _full),
-        MethodSpec("bitfit", "every bias + head", 3e-3, False, _bitfit),
-        MethodSpec("lora", "LoRA factors (peft) + head", 1e-3, False, _lora),
-        MethodSpec("pafi", "masked deltas + head", 1e-2, True, _pafi),
-        MethodSpec("hiwi", "HiWi adapter + head", 1e-2, False, _hiwi_only),
-        MethodSpec("pafi-hiwi", "masked deltas + HiWi + head", 1e-2, True, _pafi_hiwi),
+        MethodSpec("full", "all weights, dense", False, _full),
+        MethodSpec("bitfit", "every bias + head", False, _bitfit),
+        MethodSpec("lora", "LoRA factors (peft) + head", False, _lora),
+        MethodSpec("pafi", "masked deltas + head", True, _pafi),
+        MethodSpec("hiwi", "HiWi adapter + head", False, _hiwi_only),
+        MethodSpec("pafi-hiwi", "masked deltas + HiWi + head", True, _pafi_hiwi),
     )
 }
 

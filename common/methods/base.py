@@ -2,10 +2,11 @@
 
 A part owns one slice of the model (the masked deltas, a HiWi adapter, the head, ...):
 its values in a canonical layout (named flat tensors), how they load, which tensors the
-optimizer trains, and how its update merges into a plain model. A method is a list of
-parts plus a default learning rate. Loading resets every part to the pre-trained values
-first and then applies each part's state additively, so parts that touch the same tensor
-(PaFi entries of a HiWi-targeted weight) compose exactly.
+optimizer trains and at which learning rate (its `lr_group`, a setting `lr-<group>`), and
+how its update merges into a plain model. A method is a list of parts. Loading resets
+every part to the pre-trained values first and then applies each part's state
+additively, so parts that touch the same tensor (PaFi entries of a HiWi-targeted weight)
+compose exactly.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ State = dict[str, torch.Tensor]
 
 class Part(ABC):
     """One trained slice of the model."""
+
+    lr_group: str  # which learning-rate setting trains it: lr-pafi, lr-hiwi, lr-head, ...
 
     @abstractmethod
     def state(self) -> State:
@@ -63,7 +66,6 @@ class MethodSpec:
 
     name: str
     summary: str
-    default_lr: float
     uses_mask: bool
     build_parts: Callable[[Backbone, RunConfig, Mask | None], list[Part]]
 
@@ -73,20 +75,21 @@ class Method:
 
     def __init__(self, spec: MethodSpec, backbone: Backbone, cfg: RunConfig, mask: Mask | None):
         self.spec = spec
-        self.lr = cfg.lr or spec.default_lr
         self.model = backbone.model
         self.identity = backbone.identity
         self.mask = mask
         for param in self.model.parameters():
             param.requires_grad_(False)
         self.parts = spec.build_parts(backbone, cfg, mask)
+        self.part_lrs = [cfg.part_lr(part.lr_group) for part in self.parts]
         self.layout = {k: (tuple(v.shape), v.dtype) for k, v in self.state().items()}
         self._loaded: State = self.state()
 
     def state(self) -> State:
+        """The global-state view of the model, always on the CPU (the server's device)."""
         out: State = {}
         for part in self.parts:
-            out.update(part.state())
+            out.update({k: v.detach().cpu() for k, v in part.state().items()})
         return out
 
     def load(self, state: State) -> None:
@@ -96,10 +99,19 @@ class Method:
             part.reset()
         for part in self.parts:
             part.apply({k: state[k].to(self._device) for k in part.state()})
-        self._loaded = {k: v.detach().clone() for k, v in self.state().items()}
+        self._loaded = self.state()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for part in self.parts for p in part.parameters()]
+
+    def param_groups(self) -> list[dict]:
+        """One optimizer group per part, at that part's learning rate."""
+        return [{"params": part.parameters(), "lr": lr}
+                for part, lr in zip(self.parts, self.part_lrs)]
+
+    def lr_by_key(self) -> dict[str, float]:
+        """The learning rate of the part each layout entry belongs to."""
+        return {key: lr for part, lr in zip(self.parts, self.part_lrs) for key in part.state()}
 
     def post_step(self) -> None:
         for part in self.parts:
@@ -107,7 +119,7 @@ class Method:
 
     def update(self) -> State:
         """Local change since the last load, in the same layout as the state."""
-        return {k: (v - self._loaded[k]).detach().cpu() for k, v in self.state().items()}
+        return {k: v - self._loaded[k] for k, v in self.state().items()}
 
     def compact(self) -> State:
         out: State = {}

@@ -11,7 +11,9 @@ from common.methods.base import Part, State
 class DensePart(Part):
     """Named parameters trained in full; their values travel as they are."""
 
-    def __init__(self, model: nn.Module, names: tuple[str, ...], prefix: str) -> None:
+    def __init__(self, model: nn.Module, names: tuple[str, ...], prefix: str,
+                 lr_group: str) -> None:
+        self.lr_group = lr_group
         params = dict(model.named_parameters())
         self.prefix = prefix
         self.params = {name: params[name] for name in names}

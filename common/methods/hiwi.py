@@ -2,7 +2,8 @@
 
 Two ways to federate it. `merged` sends P' - P (one vector per target, linear, averaged
 exactly) and restarts the adapter from its zero-output init every round; the global state
-is the accumulated change. `adapter` sends the adapter parameters and averages them.
+is the accumulated change, held in the stored parameter, and the adapter's change is added
+after it (its input stays P0). `adapter` sends the adapter parameters and averages them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ ADAPTER_KEY = "hiwi.adapter"
 
 
 class HiWiPart(Part):
+    lr_group = "hiwi"
+
     def __init__(self, model: nn.Module, target: str, rank: int, sync: str, seed: int) -> None:
         self.modules = hiwi.ffn_input_modules(model)
         self.target = target
@@ -25,7 +28,7 @@ class HiWiPart(Part):
         self.pretrained = {n: getattr(m, target).detach().clone() for n, m in self.modules.items()}
         self.adapters = hiwi.attach(self.modules, target, rank, seed)
         self.adapter_init = self._adapter_vector().clone()
-        self._change = torch.zeros_like(self._merged_change())
+        self._change = torch.zeros_like(self._adapter_change())
 
     def _adapter_params(self) -> list[nn.Parameter]:
         return [p for adapter in self.adapters.values() for p in adapter.parameters()]
@@ -33,22 +36,19 @@ class HiWiPart(Part):
     def _adapter_vector(self) -> torch.Tensor:
         return torch.cat([p.detach().reshape(-1) for p in self._adapter_params()])
 
-    def _merged_change(self) -> torch.Tensor:
+    def _adapter_change(self) -> torch.Tensor:
         """P' - P for every target, concatenated in module-name order."""
         with torch.no_grad():
-            return torch.cat([
-                (getattr(m, self.target) - hiwi.original(m, self.target)).reshape(-1)
-                for m in self.modules.values()
-            ])
+            return torch.cat([a.change().reshape(-1) for a in self.adapters.values()])
 
     def state(self) -> State:
         if self.sync == "adapter":
             return {ADAPTER_KEY: self._adapter_vector().clone()}
-        return {CHANGE_KEY: self._change + self._merged_change()}
+        return self.compact()
 
     def compact(self) -> State:
         """Always the merged form: the update file rebuilds a plain model from it."""
-        return {CHANGE_KEY: self._change + self._merged_change()}
+        return {CHANGE_KEY: self._change + self._adapter_change()}
 
     def reset(self) -> None:
         with torch.no_grad():

@@ -38,6 +38,8 @@ def inject(model: nn.Module, config: LoraConfig, seed: int) -> LoraModel:
 
 
 class LoRAPart(Part):
+    lr_group = "lora"
+
     def __init__(self, model: nn.Module, config: LoraConfig, seed: int) -> None:
         self.config, self.seed = config, seed
         inject(model, config, seed)

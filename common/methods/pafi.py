@@ -19,6 +19,8 @@ KEY = "pafi.delta"
 
 
 class MaskedDeltaPart(Part):
+    lr_group = "pafi"
+
     def __init__(self, model: nn.Module, mask: Mask) -> None:
         params = dict(model.named_parameters())
         self.names = list(mask.indices)
