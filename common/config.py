@@ -67,7 +67,7 @@ class RunConfig:
     lora_targets: str = "query,value"  # comma list of linear module names
     codec: str = "fp32"
     server_opt: str = "fedavg"
-    server_lr: float = 0.0  # fedadam/fedyogi step; 0: the method's learning rate
+    server_lr: float = 0.0  # fedadam/fedyogi step; 0: each part's own learning rate
     server_beta1: float = 0.9
     server_beta2: float = 0.99
     server_tau: float = 0.0  # adaptivity floor; 0: a tenth of the server step

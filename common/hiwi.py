@@ -1,14 +1,17 @@
 """HiWi: a bottleneck adapter fed with a pre-trained parameter instead of a hidden state.
 
 P' = P + s * (f(x W_down + b_down) W_up + b_up), where x is a row of the *pre-trained*
-parameter P0 scaled to unit L2 norm and s is the RMS of P0. W_up and b_up start at zero,
+parameter P0 scaled to unit L1 norm and s is the RMS of P0. W_up and b_up start at zero,
 so P' = P at the start.
 
 - The input is P0, always: the adapter keeps it as a buffer, so neither a global change
   accumulated over rounds nor PaFi deltas written into the same tensor feed back into it.
   P (the stored parameter) may carry those; the adapter's output is added after them.
-- Unit-norm input rows: the bottleneck sees the same scale on any backbone, whatever the
-  size of the parameter (a bias of RMS 0.16 has an L1 norm of 165 in MiniLM).
+- Unit-L1 input rows: one Adam step of lr moves a bottleneck pre-activation by at most
+  2 * lr (lr from W_down, lr from b_down) on any backbone and at any width. Fed raw, a
+  MiniLM FFN bias (L1 norm 165) moved it by 165 * lr, and with unit L2 rows by about
+  31 * lr (the square root of the width), which let the product W_up * f(.) grow with the
+  square of the steps under a consistent gradient.
 - Output in units of s: one Adam step of lr on b_up moves P' by lr * s, the same relative
   change for a bias or a weight, on any backbone.
 
@@ -36,7 +39,8 @@ class HiWiAdapter(nn.Module):
     def __init__(self, pretrained: torch.Tensor, rank: int) -> None:
         super().__init__()
         rows = pretrained.detach().reshape(-1, pretrained.shape[-1]).float()
-        self.register_buffer("source", rows / rows.norm(dim=1, keepdim=True).clamp_min(_TINY))
+        l1 = rows.abs().sum(dim=1, keepdim=True).clamp_min(_TINY)
+        self.register_buffer("source", rows / l1)
         self.scale = float(rows.pow(2).mean().sqrt()) or 1.0
         self.down = nn.Linear(rows.shape[1], rank)
         self.up = nn.Linear(rank, rows.shape[1])

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import torch
 
+from common.config import RunConfig
 from common.methods.base import State
 from common.updates import add
 
@@ -107,3 +108,10 @@ def build_server_optimizer(name: str, lr: PerKey, beta1: float, beta2: float,
     """`name` is one of config's server-opt choices: fedavg, fedadam, fedyogi."""
     adaptive = {"fedadam": FedAdam, "fedyogi": FedYogi}
     return adaptive[name](lr, beta1, beta2, tau) if name in adaptive else ServerOptimizer()
+
+
+def server_optimizer_for(cfg: RunConfig, lr_by_key: Mapping[str, float]) -> ServerOptimizer:
+    """The run's server optimizer; `server-lr` 0 steps each entry at its part's local lr."""
+    lrs = {k: cfg.server_lr or lr for k, lr in lr_by_key.items()}
+    taus = {k: cfg.server_tau or lr / 10 for k, lr in lrs.items()}
+    return build_server_optimizer(cfg.server_opt, lrs, cfg.server_beta1, cfg.server_beta2, taus)

@@ -22,7 +22,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from common import protocol as p
 from common.errors import FedPafiError
 from common.methods.base import State
-from common.server_opt import build_server_optimizer
+from common.server_opt import server_optimizer_for
 from common.session import Session
 from common.updates import decode_update, pack_state, weighted_mean
 from server.traffic import message_bytes
@@ -63,10 +63,7 @@ class FedPafiStrategy(FedAvg):
         )
         self.session = session
         self.state: State = session.method.state()
-        lrs = {k: cfg.server_lr or lr for k, lr in session.method.lr_by_key().items()}
-        taus = {k: cfg.server_tau or lr / 10 for k, lr in lrs.items()}
-        self.optimizer = build_server_optimizer(cfg.server_opt, lrs, cfg.server_beta1,
-                                                cfg.server_beta2, taus)
+        self.optimizer = server_optimizer_for(cfg, session.method.lr_by_key())
         self.traffic: dict[int, RoundTraffic] = {}
         self.round_offset = 0  # rounds completed before this process (a resumed run)
         self.online: set[int] | None = None  # nodes online at the last sampling

@@ -1,0 +1,154 @@
+"""Where the defaults come from: learning rates per part, HiWi rank and target, pooler.
+
+Each cell is one short run on the real MiniLM and SST-2, scored on the whole dev set:
+- `central`: 1 client, IID, one round of local steps: every method must clearly learn;
+- `federated`: the demo's label-skewed shards (4 clients, Dirichlet alpha 0.5), FedAvg.
+
+The rounds run in this one process on the functions the ClientApp and the ServerApp's
+strategy call (`Method.load`, `train_locally`, `Method.update`, `weighted_mean`, the server
+optimizer), with no Ray and no byte accounting, so a sweep fits a 2-core CPU. Finished
+cells are appended to a JSONL file and skipped when the sweep is run again, so a long
+sweep can be stopped and resumed; `--report` turns the file into a Markdown table.
+
+    .venv/bin/python -m benchmarks.sweep --stage central --out docs/results/sweep/central.jsonl
+    .venv/bin/python -m benchmarks.sweep --report docs/results/sweep/central.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from common.config import RunConfig
+from common.glue import load_split, partition
+from common.server_opt import server_optimizer_for
+from common.session import Session
+from common.train import evaluate, train_locally
+from common.updates import weighted_mean
+
+CENTRAL = {"num_clients": 1, "iid": True, "rounds": 1, "local_steps": 200}
+FEDERATED = {"num_clients": 4, "alpha": 0.5, "rounds": 5, "local_steps": 20}
+SHARED = {"max_seq_length": 64, "eval_max_examples": 0, "seed": 42}
+
+
+def _cells(methods: dict[str, list[dict]]) -> list[dict]:
+    return [{"method": m, **over} for m, grid in methods.items() for over in grid]
+
+
+STAGES: dict[str, tuple[dict, list[dict]]] = {
+    # learning rate of each part, centrally; the head's lr is swept with bitfit-free pafi
+    "central": (CENTRAL, _cells({
+        "pafi": [{"lr_pafi": lr} for lr in (3e-3, 1e-2, 3e-2)] + [{"lr_head": 1e-2}],
+        "hiwi": [{"lr_hiwi": lr} for lr in (1e-3, 3e-3, 1e-2)],
+        "pafi-hiwi": [{}],
+        "bitfit": [{"lr_bitfit": lr} for lr in (1e-3, 3e-3)],
+        "lora": [{"lr_lora": lr} for lr in (1e-3, 3e-3)],
+        "full": [{"lr_full": lr} for lr in (3e-5, 1e-4)],
+    })),
+    # the untrained pooler: the three treatments, on the label-skewed shards
+    "pooler": (FEDERATED, _cells({
+        "pafi-hiwi": [{"untrained_pooler": p} for p in ("identity", "train", "keep")],
+        "pafi": [{"untrained_pooler": p} for p in ("identity", "train", "keep")],
+    })),
+    # HiWi: learning rate, rank, target, sync, and the method that combines it, federated
+    "federated": (FEDERATED, _cells({
+        "hiwi": [{"lr_hiwi": lr} for lr in (1e-3, 3e-3)] + [{"hiwi_rank": 32},
+                 {"hiwi_target": "weight"}, {"hiwi_sync": "adapter"}],
+        "pafi-hiwi": [{}, {"lr_hiwi": 3e-3}, {"hiwi_target": "weight"}],
+    })),
+}
+
+
+def run_cell(cfg: RunConfig, progress: bool = True) -> dict:
+    """Rounds of every client's local training and a FedAvg step, as the app runs them."""
+    session = Session.build(cfg)
+    method, task = session.method, session.task
+    shards = partition(load_split(task, "train", cfg.resolved_data_dir), cfg.num_clients,
+                       cfg.alpha, cfg.iid, cfg.seed, task)
+    optimizer = server_optimizer_for(cfg, method.lr_by_key())
+    state, rounds, start = method.state(), [], time.perf_counter()
+    for server_round in range(1, cfg.rounds + 1):
+        updates, weights, losses = [], [], []
+        for partition_id, shard in enumerate(shards):
+            method.load(state)
+            result = train_locally(method, shard, session.tokenizer, task, cfg, server_round,
+                                   partition_id)
+            updates.append(method.update())
+            weights.append(result.num_examples)
+            losses.append(result.loss)
+        state = optimizer.step(state, weighted_mean(updates, weights), server_round)
+        method.load(state)
+        metrics, loss = evaluate(method.model, session.dev_set, session.tokenizer, task,
+                                 cfg.max_seq_length, cfg.eval_batch_size)
+        rounds.append({"round": server_round, "accuracy": metrics[task.main_metric],
+                       "dev_loss": loss, "train_loss": sum(losses) / len(losses)})
+        if progress:
+            print(f"    round {server_round}: dev {task.main_metric} "
+                  f"{metrics[task.main_metric]:.4f}, loss {loss:.3f}", flush=True)
+    return {"rounds": rounds, "final": rounds[-1]["accuracy"],
+            "best": max(r["accuracy"] for r in rounds), "seconds": time.perf_counter() - start,
+            "values_per_update": method.num_values()}
+
+
+def cell_key(stage: str, cell: dict) -> str:
+    return stage + ":" + json.dumps(cell, sort_keys=True)
+
+
+def run_stage(stage: str, out: Path, data_dir: str) -> None:
+    setting, cells = STAGES[stage]
+    done = {row["key"] for row in _read(out)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for number, cell in enumerate(cells, start=1):
+        key = cell_key(stage, cell)
+        if key in done:
+            continue
+        cfg = RunConfig.from_mapping({**SHARED, **setting, **cell, "data_dir": data_dir})
+        print(f"[{stage} {number}/{len(cells)}] {cell}", flush=True)
+        result = run_cell(cfg.validate())
+        with out.open("a") as handle:
+            handle.write(json.dumps({"key": key, "stage": stage, "cell": cell, **result}) + "\n")
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def report(path: Path) -> str:
+    """One Markdown row per cell: what differs from the defaults, and the dev accuracy."""
+    lines = ["| stage | method | setting | dev accuracy per round | final | best | values sent | s |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for row in _read(path):
+        cell = dict(row["cell"])
+        method = cell.pop("method")
+        setting = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in cell.items()) or "defaults"
+        per_round = ", ".join(f"{r['accuracy']:.3f}" for r in row["rounds"])
+        lines.append(f"| {row['stage']} | {method} | {setting} | {per_round} | "
+                     f"{row['final']:.4f} | {row['best']:.4f} | {row['values_per_update']:,} | "
+                     f"{row['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=sorted(STAGES))
+    parser.add_argument("--out", type=Path, help="JSONL file of finished cells (appended)")
+    parser.add_argument("--report", type=Path, help="print the Markdown table of a JSONL file")
+    parser.add_argument("--data-dir", default=os.environ.get("GLUE_DIR", ""))
+    args = parser.parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return 0
+    if not (args.stage and args.out):
+        parser.error("give --stage and --out (or --report FILE)")
+    run_stage(args.stage, args.out, args.data_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
