@@ -121,7 +121,7 @@ def _read(path: Path) -> list[dict]:
 
 def report(path: Path) -> str:
     """One Markdown row per cell: what differs from the defaults, and the dev accuracy."""
-    lines = ["| stage | method | setting | dev accuracy per round | final | best | values sent | s |",
+    lines = ["| stage | method | setting | dev accuracy per round | final | best | values | s |",
              "|---|---|---|---|---:|---:|---:|---:|"]
     for row in _read(path):
         cell = dict(row["cell"])
