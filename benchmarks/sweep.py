@@ -58,7 +58,8 @@ STAGES: dict[str, tuple[dict, list[dict]]] = {
     "federated": (FEDERATED, _cells({
         "hiwi": [{"lr_hiwi": lr} for lr in (1e-3, 3e-3)] + [{"hiwi_rank": 32},
                  {"hiwi_target": "weight"}, {"hiwi_sync": "adapter"}],
-        "pafi-hiwi": [{}, {"lr_hiwi": 3e-3}, {"hiwi_target": "weight"}, {"lr_head": 1e-2},
+        # (pafi-hiwi at the defaults is the pooler stage's `identity` row)
+        "pafi-hiwi": [{"lr_hiwi": 3e-3}, {"hiwi_target": "weight"}, {"lr_head": 1e-2},
                       {"server_opt": "fedadam"}],
     })),
 }
