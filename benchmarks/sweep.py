@@ -33,6 +33,10 @@ from common.updates import weighted_mean
 CENTRAL = {"num_clients": 1, "iid": True, "rounds": 1, "local_steps": 200}
 FEDERATED = {"num_clients": 4, "alpha": 0.5, "rounds": 5, "local_steps": 20}
 SHARED = {"max_seq_length": 64, "eval_max_examples": 0, "seed": 42}
+# Where the search started (the learning rates before it), pinned so that the stages that
+# chose the defaults give the same numbers after the defaults changed.
+START = {"lr_pafi": 1e-2, "lr_hiwi": 1e-3, "lr_head": 1e-3, "lr_bitfit": 3e-3,
+         "lr_lora": 1e-3, "lr_full": 1e-4}
 
 
 def _cells(methods: dict[str, list[dict]]) -> list[dict]:
@@ -40,8 +44,8 @@ def _cells(methods: dict[str, list[dict]]) -> list[dict]:
 
 
 STAGES: dict[str, tuple[dict, list[dict]]] = {
-    # learning rate of each part, centrally; the head's lr is swept with bitfit-free pafi
-    "central": (CENTRAL, _cells({
+    # learning rate of each part, centrally (the head's with pafi)
+    "central": ({**START, **CENTRAL}, _cells({
         "pafi": [{"lr_pafi": lr} for lr in (3e-3, 1e-2, 3e-2)] + [{"lr_head": 1e-2}],
         "hiwi": [{"lr_hiwi": lr} for lr in (1e-3, 3e-3, 1e-2)],
         "pafi-hiwi": [{}],
@@ -50,18 +54,22 @@ STAGES: dict[str, tuple[dict, list[dict]]] = {
         "full": [{"lr_full": lr} for lr in (3e-5, 1e-4)],
     })),
     # the untrained pooler: the three treatments, on the label-skewed shards
-    "pooler": (FEDERATED, _cells({
+    "pooler": ({**START, **FEDERATED}, _cells({
         "pafi-hiwi": [{"untrained_pooler": p} for p in ("identity", "train", "keep")],
         "pafi": [{"untrained_pooler": p} for p in ("identity", "train", "keep")],
     })),
     # HiWi: learning rate, rank, target, sync, and the method that combines it, federated
-    "federated": (FEDERATED, _cells({
+    "federated": ({**START, **FEDERATED}, _cells({
         "hiwi": [{"lr_hiwi": lr} for lr in (1e-3, 3e-3)] + [{"hiwi_rank": 32},
                  {"hiwi_target": "weight"}, {"hiwi_sync": "adapter"}],
-        # (pafi-hiwi at the defaults is the pooler stage's `identity` row)
+        # (pafi-hiwi at START is the pooler stage's `identity` row)
         "pafi-hiwi": [{"lr_hiwi": 3e-3}, {"hiwi_target": "weight"}, {"lr_head": 1e-2},
                       {"server_opt": "fedadam"}],
     })),
+    # the defaults chosen from the stages above (RunConfig's), over three more seeds, with
+    # each pooler treatment
+    "defaults": (FEDERATED, [{"method": "pafi-hiwi", "untrained_pooler": p, "seed": seed}
+                             for seed in (1, 2, 3) for p in ("identity", "train", "keep")]),
 }
 
 

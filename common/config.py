@@ -48,9 +48,9 @@ class RunConfig:
     max_seq_length: int = 128
     lr: float = 0.0  # > 0 overrides every part's learning rate below
     lr_pafi: float = 1e-2  # PaFi's masked deltas
-    lr_hiwi: float = 1e-3  # HiWi adapters
-    lr_head: float = 1e-3  # the task head (and an untrained pooler, when trained)
-    lr_bitfit: float = 3e-3  # bitfit's biases
+    lr_hiwi: float = 3e-3  # HiWi adapters
+    lr_head: float = 1e-2  # the task head (and an untrained pooler, when trained)
+    lr_bitfit: float = 1e-3  # bitfit's biases
     lr_lora: float = 1e-3  # LoRA factors
     lr_full: float = 1e-4  # full fine-tuning, every weight
     sparsity: float = 0.005
