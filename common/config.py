@@ -41,7 +41,7 @@ class RunConfig:
     clients_per_round: int = 0  # 0: every client, every round
     alpha: float = 0.5
     iid: bool = False
-    rounds: int = 3
+    rounds: int = 5
     local_steps: int = 20
     local_epochs: float = 0.0  # > 0 replaces local-steps with passes over the shard
     batch_size: int = 16
