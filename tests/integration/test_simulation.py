@@ -22,14 +22,15 @@ ROUND_FIELDS = {
     "round", "metrics", "loss", "clients", "rejected", "bytes_up", "bytes_down",
     "bytes_up_per_client", "bytes_down_per_client", "floor_bytes_up_per_client", "wall_s",
 }
-# Two label-skewed clients (Dirichlet alpha 0.1; under seed 7 one holds 92% positive
-# sentences, the other only negative ones): the case where FedAvg swings between label
-# priors and a method that does not learn ends at the majority class.
-SETTINGS = ["--task", "sst2", "--num-clients", "2", "--alpha", "0.1", "--rounds", "3",
+# Two label-skewed clients (Dirichlet alpha 0.1; under seed 42 one holds only negative
+# sentences, the other 63% positive ones): FedAvg pulls between the two label priors, and
+# a method that does not learn ends at the majority class.
+SEED = "42"
+SETTINGS = ["--task", "sst2", "--num-clients", "2", "--alpha", "0.1", "--rounds", "4",
             "--local-steps", "30", "--max-seq-length", "64", "--eval-max-examples", "256",
-            "--seed", "7"]
+            "--seed", SEED]
 # The merged model must beat always answering the majority class by this much.
-MARGIN = 0.08
+MARGIN = 0.10
 
 
 def fedpafi(*args: str) -> subprocess.CompletedProcess:
@@ -59,7 +60,7 @@ def test_run_folder_has_every_artifact(run_dir):
 
 def test_each_round_logs_metrics_and_bytes(run_dir):
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == [1, 2]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     for record in rounds:
         assert ROUND_FIELDS <= set(record)
         assert len(record["clients"]) == 2 and record["rejected"] == []
@@ -76,7 +77,8 @@ def test_upload_is_within_five_percent_of_the_floor(run_dir):
 
 
 def test_default_method_learns_on_label_skewed_clients(run_dir, glue_dir):
-    dev = eval_subset(load_split(get_task("sst2"), "validation", str(glue_dir)), 256, seed=7)
+    task = get_task("sst2")
+    dev = eval_subset(load_split(task, "validation", str(glue_dir)), 256, seed=int(SEED))
     positive = sum(dev["label"]) / len(dev)
     majority = max(positive, 1 - positive)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -89,12 +91,12 @@ def test_exported_model_reloads_with_plain_transformers_and_scores_the_same(run_
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
     assert not any("parametrizations" in name for name, _ in model.named_parameters())
     task = get_task("sst2")
-    dev = eval_subset(load_split(task, "validation", str(glue_dir)), 256, seed=7)
+    dev = eval_subset(load_split(task, "validation", str(glue_dir)), 256, seed=int(SEED))
     metrics, _ = evaluate(model, dev, tokenizer, task, max_length=64)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert metrics["accuracy"] == pytest.approx(summary["final_metrics"]["accuracy"])
     scored = fedpafi("evaluate", "--model", str(run_dir / "model"), "--task", "sst2",
-                     "--data-dir", str(glue_dir), "--eval-max-examples", "256", "--seed", "7",
+                     "--data-dir", str(glue_dir), "--eval-max-examples", "256", "--seed", SEED,
                      "--max-seq-length", "64")
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert json.loads(scored.stdout)["accuracy"] == pytest.approx(metrics["accuracy"])
