@@ -1,4 +1,5 @@
-"""A pooler that was never trained is detected and handled; a trained one is left alone."""
+"""Loading a backbone: an untrained pooler is detected and handled, a trained one left alone;
+weights always in float32."""
 
 from __future__ import annotations
 
@@ -81,3 +82,13 @@ def test_update_file_rebuilds_the_model_with_its_pooler(untrained_dir, tmp_path,
         expected = session.method.model(**inputs).logits
         got = merged_model(rebuilt, compact)(**inputs).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_a_half_precision_checkpoint_loads_in_float32(tiny_model_dir, tmp_path):
+    """transformers 5 loads a checkpoint in its stored dtype by default; training, masks
+    and fingerprints here assume float32 on every party."""
+    from transformers import BertModel
+
+    BertModel.from_pretrained(tiny_model_dir).half().save_pretrained(tmp_path)
+    model = load_backbone(str(tmp_path), TASK, 0).model
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
