@@ -82,6 +82,7 @@ class Method:
             param.requires_grad_(False)
         self.parts = spec.build_parts(backbone, cfg, mask)
         self.part_lrs = [cfg.part_lr(part.lr_group) for part in self.parts]
+        self.part_keys = [tuple(part.state()) for part in self.parts]  # each part's entries
         self.layout = {k: (tuple(v.shape), v.dtype) for k, v in self.state().items()}
         self._loaded: State = self.state()
 
@@ -97,8 +98,8 @@ class Method:
         self.check_layout(state, "global state")
         for part in self.parts:
             part.reset()
-        for part in self.parts:
-            part.apply({k: state[k].to(self._device) for k in part.state()})
+        for part, keys in zip(self.parts, self.part_keys):
+            part.apply({k: state[k].to(self._device) for k in keys})
         self._loaded = self.state()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -111,7 +112,7 @@ class Method:
 
     def lr_by_key(self) -> dict[str, float]:
         """The learning rate of the part each layout entry belongs to."""
-        return {key: lr for part, lr in zip(self.parts, self.part_lrs) for key in part.state()}
+        return {key: lr for keys, lr in zip(self.part_keys, self.part_lrs) for key in keys}
 
     def post_step(self) -> None:
         for part in self.parts:

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from common.config import RunConfig
-from common.export import merged_model, save_update, session_for_update
 from common.glue import get_task
 from common.model import load_backbone, untrained_pooler_names
 from common.session import Session
 from tests.tiny import save_tiny_backbone
+from tests.unit.test_export import assert_update_file_rebuilds
 
 TASK = get_task("sst2")
 POOLER = ("bert.pooler.dense.bias", "bert.pooler.dense.weight")
@@ -73,15 +73,7 @@ def test_update_file_rebuilds_the_model_with_its_pooler(untrained_dir, tmp_path,
                                       sparsity=0.05, untrained_pooler=mode))
     state = {k: torch.randn_like(v) * 0.01 for k, v in session.method.state().items()}
     session.method.load(state)
-    path = tmp_path / "update.safetensors"
-    save_update(session, session.method.compact(), path)
-    rebuilt, compact = session_for_update(path)
-    inputs = {"input_ids": torch.tensor([[101, 2000, 2001, 102]])}
-    session.method.model.eval()
-    with torch.no_grad():
-        expected = session.method.model(**inputs).logits
-        got = merged_model(rebuilt, compact)(**inputs).logits
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert_update_file_rebuilds(session, tmp_path)
 
 
 def test_a_half_precision_checkpoint_loads_in_float32(tiny_model_dir, tmp_path):

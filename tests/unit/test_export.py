@@ -24,17 +24,22 @@ def trained(tiny_model_dir):
     return session
 
 
-def test_update_file_rebuilds_the_merged_model(trained, tmp_path):
-    path = tmp_path / "update.safetensors"
-    save_update(trained, trained.method.compact(), path)
+def assert_update_file_rebuilds(session: Session, folder) -> Session:
+    """Save the session's update file, rebuild the model from it, compare the outputs."""
+    path = folder / "update.safetensors"
+    save_update(session, session.method.compact(), path)
     rebuilt_session, compact = session_for_update(path)
-    assert rebuilt_session.fingerprint == trained.fingerprint
     inputs = {"input_ids": torch.tensor([[101, 2000, 2001, 102]])}
-    trained.method.model.eval()
+    session.method.model.eval()
     with torch.no_grad():
-        expected = trained.method.model(**inputs).logits
+        expected = session.method.model(**inputs).logits
         got = merged_model(rebuilt_session, compact)(**inputs).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    return rebuilt_session
+
+
+def test_update_file_rebuilds_the_merged_model(trained, tmp_path):
+    assert assert_update_file_rebuilds(trained, tmp_path).fingerprint == trained.fingerprint
 
 
 def test_update_on_another_backbone_is_refused(trained, tmp_path):
