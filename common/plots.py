@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from common.comparison import group_by_variant  # noqa: E402
+
 
 def label_histogram(hist: np.ndarray, labels: tuple[str, ...], path: Path, title: str) -> None:
     """Stacked bars: how the labels are spread over the clients (the non-IID skew)."""
@@ -49,42 +51,63 @@ def rounds(records: list[dict], initial: dict, metric: str, path: Path, title: s
 COMPARISON_PLOTS = ("metric_vs_round.png", "metric_vs_upload.png", "bytes_per_round.png")
 
 
+def _label(row: dict) -> str:
+    """A variant's name in a legend: the run folder's name without the seed."""
+    return row["run"].rsplit("-seed", 1)[0]
+
+
+def _curves(group: list[dict], histories: dict[str, list[dict]], metric: str
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Rounds (0 = before training) and the metric, one row per seed, cut to the shortest."""
+    curves = [[row["initial"]] + [r["metrics"][metric] for r in histories[row["run"]]]
+              for row in group]
+    length = min(len(curve) for curve in curves)
+    return np.arange(length), np.array([curve[:length] for curve in curves])
+
+
 def comparison(rows: list[dict], histories: dict[str, list[dict]], folder: Path) -> None:
     """The three views of a comparison: learning per round, per byte, and bytes per round.
 
     `rows` are comparison rows (one per run, with `run`, `metric`, `initial`); `histories`
-    map each run to its rounds.jsonl records.
+    map each run to its rounds.jsonl records. Runs that differ only in their seed are one
+    line: the mean over seeds, with a band from the lowest to the highest seed.
     """
     metric = rows[0]["metric"]
+    groups = group_by_variant(rows)
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for row in rows:
-        records = histories[row["run"]]
-        ax.plot([0] + [r["round"] for r in records],
-                [row["initial"]] + [r["metrics"][metric] for r in records], "o-", label=row["run"])
-    ax.set(xlabel="round", ylabel=f"dev {metric}", title=f"dev {metric} per round")
+    for group in groups:
+        xs, values = _curves(group, histories, metric)
+        line, = ax.plot(xs, values.mean(axis=0), "o-", ms=3, label=_label(group[0]))
+        if len(group) > 1:
+            ax.fill_between(xs, values.min(axis=0), values.max(axis=0), alpha=0.2,
+                            color=line.get_color())
+    seeds = max(len(group) for group in groups)
+    band = f" (mean of {seeds} seeds, band: min-max)" if seeds > 1 else ""
+    ax.set(xlabel="round", ylabel=f"dev {metric}", title=f"dev {metric} per round{band}")
     ax.legend(fontsize="x-small")
     _save(fig, folder / COMPARISON_PLOTS[0])
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for row in rows:
-        records = histories[row["run"]]
-        upload = np.cumsum([r["bytes_up_per_client"] for r in records]) / 1e6
-        ax.plot(upload, [r["metrics"][metric] for r in records], "o-", label=row["run"])
+    for group in groups:
+        xs, values = _curves(group, histories, metric)
+        up = [r["bytes_up_per_client"] for r in histories[group[0]["run"]]][: len(xs) - 1]
+        upload = np.cumsum(up) / 1e6
+        ax.plot(upload, values[:, 1:].mean(axis=0), "o-", ms=3, label=_label(group[0]))
     ax.set_xscale("log")
     ax.set(xlabel="cumulative upload per client (MB, log)", ylabel=f"dev {metric}",
-           title=f"dev {metric} against bytes sent")
+           title=f"dev {metric} against bytes sent{band}")
     ax.legend(fontsize="x-small")
     _save(fig, folder / COMPARISON_PLOTS[1])
 
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.9 * len(rows) + 2), 4))
-    positions = np.arange(len(rows))
-    ax.bar(positions - 0.2, [r["upload_per_client_per_round"] / 1e3 for r in rows], 0.4,
-           label="upload")
-    ax.bar(positions + 0.2, [r["download_per_client_per_round"] / 1e3 for r in rows], 0.4,
-           label="download")
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.9 * len(groups) + 2), 4))
+    positions = np.arange(len(groups))
+    ax.bar(positions - 0.2, [np.mean([r["upload_per_client_per_round"] for r in group]) / 1e3
+                             for group in groups], 0.4, label="upload")
+    ax.bar(positions + 0.2, [np.mean([r["download_per_client_per_round"] for r in group]) / 1e3
+                             for group in groups], 0.4, label="download")
     ax.set_yscale("log")
-    ax.set_xticks(positions, [r["run"] for r in rows], rotation=30, ha="right",
-                  fontsize="small")
+    ax.set_xticks(positions, [_label(group[0]) for group in groups], rotation=30,
+                  ha="right", fontsize="small")
     ax.set(ylabel="KB per client per round (log)", title="communication per round")
     ax.legend(fontsize="small")
     _save(fig, folder / COMPARISON_PLOTS[2])

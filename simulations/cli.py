@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -21,6 +22,9 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 from common.config import RunConfig  # noqa: E402
 from common.errors import FedPafiError  # noqa: E402
 from simulations import deploy  # noqa: E402
+
+if TYPE_CHECKING:
+    from common.run_folder import RunFolder
 
 HELP = {
     "method": "pafi-hiwi (default), pafi, hiwi, lora, bitfit, full",
@@ -35,12 +39,13 @@ HELP = {
     "lr-lora": "learning rate of the LoRA factors",
     "lr-full": "learning rate of full fine-tuning",
     "untrained-pooler": "a pooler the checkpoint ships untrained: identity, train or keep",
-    "sparsity": "PaFi mask size as a fraction of eligible weights",
+    "sparsity": "PaFi mask size as a fraction of eligible weights (compare: a comma list)",
     "mask-k": "PaFi mask size as an absolute count (replaces sparsity)",
     "mask-include": "extra mask candidates: bias, layernorm (comma list)",
     "hiwi-sync": "merged: send P'-P; adapter: send adapter parameters",
     "lora-targets": "comma list of linear module names that get LoRA factors",
     "codec": "fp32, fp16, bf16, int8 (compare: a comma list)",
+    "mask-criterion": "smallest, largest or random entries (compare: a comma list)",
     "server-opt": "fedavg, fedadam, fedyogi (compare: a comma list)",
     "server-lr": "fedadam/fedyogi step size (0: each part's own learning rate)",
     "server-tau": "fedadam/fedyogi adaptivity floor (0: server-lr / 10)",
@@ -117,7 +122,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     simulate(cfg, resume)
 
 
-def simulate(cfg: RunConfig, resume=None) -> Path:
+def simulate(cfg: RunConfig, resume: RunFolder | None = None) -> Path:
     """One run on Flower's simulation engine; returns its run folder."""
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
@@ -151,15 +156,44 @@ def simulate(cfg: RunConfig, resume=None) -> Path:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from simulations.compare import run_comparison, split_list, variants
+    from simulations.compare import LIST_OPTIONS, run_comparison, split_list, variants
 
-    defaults = RunConfig()
-    codecs = split_list(args.codec or defaults.codec)
-    server_opts = split_list(args.server_opt or defaults.server_opt)
-    args.codec = args.server_opt = None  # lists here; each run gets one value
+    lists = {name: split_list(getattr(args, name)) for name in LIST_OPTIONS
+             if getattr(args, name) is not None}
+    for name in LIST_OPTIONS:  # lists here; each run gets one value
+        setattr(args, name, None)
     base = config_from_args(args)
-    grid = variants(base, split_list(args.methods), codecs, server_opts)
-    run_comparison(base, grid, simulate)
+    if args.central:
+        base = central_reference(base)
+    seeds = [_integer("--seeds", seed) for seed in split_list(args.seeds or str(base.seed))]
+    grid = variants(base, split_list(args.methods), lists, seeds)
+    target = None if args.target is None else _number("--target", args.target)
+    run_comparison(base, grid, simulate, _number("--target-fraction", args.target_fraction),
+                   target)
+
+
+def central_reference(cfg: RunConfig) -> RunConfig:
+    """The same budget on one client holding all the data: every round trains as many
+    steps as the federated round's sampled clients did together."""
+    if cfg.local_epochs > 0:
+        raise FedPafiError("--central needs --local-steps (not --local-epochs): it keeps the "
+                           "total number of steps per round.")
+    return cfg.replace(num_clients=1, clients_per_round=0, iid=True, min_replies=1,
+                       local_steps=cfg.local_steps * cfg.sampled_clients).validate()
+
+
+def _number(flag: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise FedPafiError(f"{flag} takes a number, got {value!r}.") from None
+
+
+def _integer(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise FedPafiError(f"{flag} takes integers (a comma list), got {value!r}.") from None
 
 
 def cmd_deploy_local(args: argparse.Namespace) -> None:
@@ -242,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(compare, skip=("method",))
     compare.add_argument("--methods", default=",".join(COMPARE_METHODS),
                          help="comma list of methods [default: all]")
+    compare.add_argument("--seeds", help="comma list: every run is repeated with each seed "
+                         "(partitions change with it) [default: --seed]")
+    compare.add_argument("--target-fraction", default="0.95", help="time-to-target: the "
+                         "fraction of the best full fine-tuning result [default: 0.95]")
+    compare.add_argument("--target", help="time-to-target: an absolute dev metric instead")
+    compare.add_argument("--central", action="store_true", help="the central reference: 1 "
+                         "client, IID, local steps x sampled clients per round")
     compare.set_defaults(func=cmd_compare)
 
     local = commands.add_parser("deploy-local", help="run the app on the docker-compose "

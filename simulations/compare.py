@@ -1,9 +1,13 @@
-"""`fedpafi compare`: one federation, several methods, codecs and server optimizers.
+"""`fedpafi compare`: one federation, several methods and settings, each over several seeds.
 
-Every run shares one RunConfig (partitions, seed, budget); only the method, the codec and
-the server optimizer vary, so the differences are theirs. Each run is an ordinary run
-folder inside the comparison folder, and the table and plots are rebuilt from those
-folders after every run: an interrupted comparison keeps what it finished.
+Every run shares one RunConfig (partitions, budget); only the method, the listed settings
+(codec, server optimizer, mask criterion, sparsity) and the seed vary, so the differences
+are theirs. A seed changes the partitions, the head's initialisation and the data order,
+as it does for a single run. Each run is an ordinary run folder inside the comparison
+folder; the CSV, table and plots are rebuilt from those folders after every run.
+
+Run the same command again (same --run-name) and an interrupted comparison resumes: a
+finished run is skipped, a run cut short continues from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -11,48 +15,79 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from common import plots
+from common.comparison import (
+    COLUMNS,
+    TARGET_FRACTION,
+    comparison_target,
+    markdown_table,
+    read_history,
+    row_from_run,
+    with_targets,
+)
 from common.config import RunConfig
-from common.report import human_bytes
+from common.errors import ConfigError
+from common.run_folder import CHECKPOINT, RunFolder
 
-COLUMNS = ("method", "codec", "server_opt", "trainable_parameters", "values_per_update",
-           "metric", "initial", "final", "best", "best_round", "upload_per_client_per_round",
-           "download_per_client_per_round", "total_mb", "wall_s", "run")
+# compare options that take a comma list; each value is one axis of the grid
+LIST_OPTIONS = ("codec", "server_opt", "mask_criterion", "sparsity")
+# settings a resumed comparison may change without changing what a run computes
+FREE_SETTINGS = ("out", "data-dir", "verbose", "device", "client-cpus", "client-gpus",
+                 "round-timeout")
+
+Simulate = Callable[[RunConfig, RunFolder | None], Path]
 
 
 @dataclass(frozen=True)
 class Variant:
+    """One run of the grid: a method, one value of each list option, a seed."""
+
     method: str
-    codec: str
-    server_opt: str
+    settings: tuple[tuple[str, str], ...]  # (RunConfig field, value) for each list option
+    seed: int
+    named: tuple[str, ...] = ("codec", "server_opt")  # the settings that name the folder
 
     @property
     def slug(self) -> str:
-        return f"{self.method}-{self.codec}-{self.server_opt}"
+        values = [str(value) for name, value in self.settings if name in self.named]
+        return "-".join([self.method, *values, f"seed{self.seed}"])
 
 
 def split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def variants(base: RunConfig, methods: list[str], codecs: list[str],
-             server_opts: list[str]) -> list[Variant]:
-    """Every combination, each validated as a run setting before anything starts."""
-    grid = [Variant(*combo) for combo in itertools.product(methods, codecs, server_opts)]
+def variants(base: RunConfig, methods: list[str], lists: dict[str, list[str]],
+             seeds: list[int]) -> list[Variant]:
+    """Every combination, each validated as a run setting before anything starts.
+
+    `lists` maps list options to their values; options not in it keep the base value. The
+    folder name carries the codec, the server optimizer and every other option given.
+    """
+    axes = [(name, lists.get(name) or [str(getattr(base, name))]) for name in LIST_OPTIONS]
+    named = ("codec", "server_opt", *[name for name in LIST_OPTIONS[2:] if name in lists])
+    grid = [
+        Variant(method, tuple(zip([name for name, _ in axes], combo)), seed, named)
+        for method in methods
+        for combo in itertools.product(*[values for _, values in axes])
+        for seed in seeds
+    ]
     for variant in grid:
         configure(base, variant, Path(".")).validate()
     return grid
 
 
 def configure(base: RunConfig, variant: Variant, folder: Path) -> RunConfig:
-    return base.replace(method=variant.method, codec=variant.codec,
-                        server_opt=variant.server_opt, out=str(folder), run_name=variant.slug)
+    settings = RunConfig.from_mapping({**dict(variant.settings), "method": variant.method,
+                                       "seed": variant.seed})
+    return base.replace(**{name: getattr(settings, name)
+                           for name in (*LIST_OPTIONS, "method", "seed")},
+                        out=str(folder), run_name=variant.slug)
 
 
 def comparison_folder(base: RunConfig) -> Path:
@@ -60,78 +95,80 @@ def comparison_folder(base: RunConfig) -> Path:
     return Path(base.out).expanduser().resolve() / name
 
 
-def run_comparison(base: RunConfig, grid: list[Variant],
-                   simulate: Callable[[RunConfig], Path]) -> Path:
-    """Run every variant with `simulate`, refreshing the table and plots after each."""
+def run_comparison(base: RunConfig, grid: list[Variant], simulate: Simulate,
+                   target_fraction: float = TARGET_FRACTION,
+                   target: float | None = None) -> Path:
+    """Run every variant not finished yet, refreshing the table and plots after each."""
     folder = comparison_folder(base)
+    configs = [configure(base, variant, folder) for variant in grid]
+    for cfg in configs:
+        _check_same_settings(folder / cfg.run_name, cfg)
     folder.mkdir(parents=True, exist_ok=True)
     print(f"fedpafi comparison folder: {folder}", flush=True)
-    rows: list[dict] = []
-    for number, variant in enumerate(grid, start=1):
-        print(f"\n=== [{number}/{len(grid)}] {variant.method}, codec {variant.codec}, "
-              f"server {variant.server_opt} ===", flush=True)
-        started = time.perf_counter()
-        run = simulate(configure(base, variant, folder))
-        rows.append(row_from_run(run, time.perf_counter() - started))
-        write_outputs(folder, rows)
-    print("\n" + markdown_table(rows), flush=True)
+    finished = [cfg for cfg in configs if _finished(folder / cfg.run_name)]
+    if finished:
+        print(f"resuming: {len(finished)} of {len(configs)} runs already finished", flush=True)
+    varied = tuple(name for name, values in _list_values(grid).items() if len(values) > 1)
+    runs: list[Path] = []
+    for number, (variant, cfg) in enumerate(zip(grid, configs), start=1):
+        run = folder / cfg.run_name
+        if not _finished(run):
+            settings = ", ".join(f"{name} {value}" for name, value in variant.settings)
+            print(f"\n=== [{number}/{len(grid)}] {variant.method}, {settings}, "
+                  f"seed {variant.seed} ===", flush=True)
+            resume = RunFolder(run) if (run / CHECKPOINT).is_file() else None
+            if resume:
+                print(f"continuing {run.name} from its checkpoint", flush=True)
+            run = simulate(cfg, resume)
+        runs.append(run)
+        table = write_outputs(folder, runs, varied, target_fraction, target)
+    print("\n" + table, flush=True)
     print(f"fedpafi comparison folder: {folder}", flush=True)
     return folder
 
 
-def row_from_run(run: Path, wall_s: float) -> dict:
-    summary = json.loads((run / "summary.json").read_text())
-    metric = summary["main_metric"]
-    best = max(_history(run), key=lambda record: record["metrics"][metric])
-    return {
-        "method": summary["method"],
-        "codec": summary["codec"],
-        "server_opt": summary["server_opt"],
-        "trainable_parameters": summary["trainable_parameters"],
-        "values_per_update": summary["values_per_update"],
-        "metric": metric,
-        "initial": summary["initial_metrics"][metric],
-        "final": summary["final_metrics"][metric],
-        "best": best["metrics"][metric],
-        "best_round": best["round"],
-        "upload_per_client_per_round": summary["upload_per_client_per_round"],
-        "download_per_client_per_round": summary["download_per_client_per_round"],
-        "total_mb": (summary["bytes_up_total"] + summary["bytes_down_total"]) / 1e6,
-        "wall_s": wall_s,
-        "run": run.name,
-    }
+def _finished(run: Path) -> bool:
+    return (run / "summary.json").is_file()
 
 
-def write_outputs(folder: Path, rows: list[dict]) -> None:
+def _check_same_settings(run: Path, cfg: RunConfig) -> None:
+    """Refuse to resume into a run folder that was made with other settings."""
+    if not (run / "config.json").is_file():
+        return
+    saved = json.loads((run / "config.json").read_text())
+    wanted = cfg.to_dict()
+    changed = sorted(key for key in wanted
+                     if key not in FREE_SETTINGS and saved.get(key) != wanted[key])
+    if changed:
+        differences = ", ".join(f"{key} {saved.get(key)!r} -> {wanted[key]!r}"
+                                for key in changed)
+        raise ConfigError(
+            f"{run} was run with other settings ({differences}). To resume it, repeat its "
+            f"settings; for a new comparison, give a new --run-name."
+        )
+
+
+def _list_values(grid: list[Variant]) -> dict[str, set[str]]:
+    values: dict[str, set[str]] = {}
+    for variant in grid:
+        for name, value in variant.settings:
+            values.setdefault(name, set()).add(value)
+    return values
+
+
+def write_outputs(folder: Path, runs: list[Path], varied: tuple[str, ...] = (),
+                  target_fraction: float = TARGET_FRACTION,
+                  target: float | None = None) -> str:
+    """comparison.csv (a row per run), comparison.md (mean ± std over seeds), the plots."""
+    histories = {run.name: read_history(run) for run in runs}
+    rows = [row_from_run(run) for run in runs]
+    goal, note = comparison_target(rows, target_fraction, target)
+    rows = with_targets(rows, histories, goal)
     with open(folder / "comparison.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    (folder / "comparison.md").write_text(markdown_table(rows) + "\n")
-    histories = {row["run"]: _history(folder / row["run"]) for row in rows}
+    table = markdown_table(rows, varied, note)
+    (folder / "comparison.md").write_text(table + "\n")
     plots.comparison(rows, histories, folder)
-
-
-def _history(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines() if line]
-
-
-def markdown_table(rows: list[dict]) -> str:
-    metric = rows[0]["metric"] if rows else "metric"
-    lines = [
-        f"| method | codec | server | trainable params | values sent | dev {metric} "
-        "(round 0 -> final) | best (round) | upload / client / round | "
-        "download / client / round | total MB | wall s |",
-        "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['method']} | {row['codec']} | {row['server_opt']} | "
-            f"{row['trainable_parameters']:,} | {row['values_per_update']:,} | "
-            f"{row['initial']:.4f} -> {row['final']:.4f} | "
-            f"{row['best']:.4f} ({row['best_round']}) | "
-            f"{human_bytes(row['upload_per_client_per_round'])} | "
-            f"{human_bytes(row['download_per_client_per_round'])} | "
-            f"{row['total_mb']:.2f} | {row['wall_s']:.0f} |"
-        )
-    return "\n".join(lines)
+    return table

@@ -20,7 +20,7 @@ def test_compare_writes_a_consistent_table_and_plots(glue_dir, tmp_path):
                    "--iid", "--data-dir", str(glue_dir), "--out", str(tmp_path),
                    "--run-name", "cmp")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "[2/2] pafi, codec int8, server fedavg" in done.stdout
+    assert "[2/2] pafi, codec int8, server_opt fedavg" in done.stdout
     folder = tmp_path / "cmp"
     rows = list(csv.DictReader(open(folder / "comparison.csv")))
     assert [(r["method"], r["codec"]) for r in rows] == [("bitfit", "int8 (lossy)"),

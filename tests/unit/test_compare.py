@@ -1,4 +1,5 @@
-"""The comparison grid, its table and plots, on fake runs (the real one is an integration test)."""
+"""The comparison grid, seeds, resume, time to target, table and plots, on fake runs (the
+real one is an integration test)."""
 
 from __future__ import annotations
 
@@ -8,54 +9,152 @@ from pathlib import Path
 
 import pytest
 
+from common.comparison import mean_std, time_to_target
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.plots import COMPARISON_PLOTS
-from simulations.cli import main
+from simulations.cli import central_reference, main
 from simulations.compare import run_comparison, variants
 
 BYTES_UP = {"full": 9e7, "pafi": 2.5e5}
+# dev accuracy after rounds 1, 2, 3, by method and seed (seed 2 learns faster)
+CURVES = {("full", 1): (0.70, 0.80, 0.82), ("full", 2): (0.78, 0.84, 0.86),
+          ("pafi", 1): (0.60, 0.75, 0.82), ("pafi", 2): (0.70, 0.83, 0.80)}
 
 
-def fake_simulate(cfg: RunConfig) -> Path:
+def fake_simulate(cfg: RunConfig, resume=None) -> Path:
     """Write what a finished run leaves behind, with numbers that depend on the variant."""
     run = Path(cfg.out) / cfg.run_name
-    run.mkdir(parents=True)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
     up = BYTES_UP[cfg.method] / (4 if cfg.codec == "int8" else 1)
-    records = [{"round": r, "metrics": {"accuracy": a}, "bytes_up_per_client": up}
-               for r, a in ((1, 0.8), (2, 0.7))]
+    curve = CURVES[cfg.method, cfg.seed]
+    records = [{"round": r, "metrics": {"accuracy": a}, "bytes_up_per_client": up,
+                "wall_s": 10.0 * r} for r, a in enumerate(curve, start=1)]
     (run / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run / "summary.json").write_text(json.dumps({
         "method": cfg.method, "codec": cfg.codec + (" (lossy)" if cfg.codec == "int8" else ""),
         "server_opt": cfg.server_opt, "trainable_parameters": 10, "values_per_update": 9,
         "main_metric": "accuracy", "initial_metrics": {"accuracy": 0.5},
-        "final_metrics": {"accuracy": 0.7}, "upload_per_client_per_round": up,
+        "final_metrics": {"accuracy": curve[-1]}, "upload_per_client_per_round": up,
         "download_per_client_per_round": up, "bytes_up_total": 4 * up, "bytes_down_total": 4 * up,
+        "wall_s": 60.0,
     }))
     return run
 
 
+def rows_of(folder: Path) -> list[dict]:
+    return list(csv.DictReader(open(folder / "comparison.csv")))
+
+
 def test_every_combination_runs_once_and_lands_in_the_table(tmp_path):
-    base = RunConfig(out=str(tmp_path), run_name="cmp")
-    grid = variants(base, ["full", "pafi"], ["fp32", "int8"], ["fedavg"])
+    base = RunConfig(out=str(tmp_path), run_name="cmp", seed=1)
+    grid = variants(base, ["full", "pafi"], {"codec": ["fp32", "int8"]}, [1])
     folder = run_comparison(base, grid, fake_simulate)
-    rows = list(csv.DictReader(open(folder / "comparison.csv")))
+    rows = rows_of(folder)
     assert [(r["method"], r["codec"]) for r in rows] == [
         ("full", "fp32"), ("full", "int8 (lossy)"), ("pafi", "fp32"), ("pafi", "int8 (lossy)")]
+    assert rows[3]["run"] == "pafi-int8-fedavg-seed1"
     assert float(rows[3]["upload_per_client_per_round"]) == BYTES_UP["pafi"] / 4
     assert float(rows[0]["total_mb"]) == pytest.approx(8 * BYTES_UP["full"] / 1e6)
-    assert (rows[0]["final"], rows[0]["best"], rows[0]["best_round"]) == ("0.7", "0.8", "1")
+    assert (rows[0]["final"], rows[0]["best"], rows[0]["best_round"]) == ("0.82", "0.82", "3")
     table = (folder / "comparison.md").read_text().splitlines()
-    assert len(table) == 2 + len(rows) and "| pafi | int8 (lossy) | fedavg |" in table[-1]
-    assert "62.5 KB" in table[-1]  # 250 KB / 4, the same number as the CSV
-    assert "0.5000 -> 0.7000 | 0.8000 (1) |" in table[-1]
+    assert "| pafi | int8 (lossy) | fedavg | 1 |" in table[5]
+    assert "62.5 KB" in table[5]  # 250 KB / 4, the same number as the CSV
     for name in COMPARISON_PLOTS:
         assert (folder / name).stat().st_size > 10_000
 
 
+def test_seeds_repeat_every_cell_and_the_table_shows_mean_and_sample_std(tmp_path):
+    base = RunConfig(out=str(tmp_path), run_name="cmp")
+    grid = variants(base, ["full", "pafi"], {}, [1, 2])
+    folder = run_comparison(base, grid, fake_simulate)
+    rows = rows_of(folder)
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("full", "1"), ("full", "2"), ("pafi", "1"), ("pafi", "2")]
+    table = (folder / "comparison.md").read_text()
+    # pafi finals 0.82 and 0.80: mean 0.81, sample std sqrt(2 * 0.01^2 / 1) = 0.0141;
+    # bests 0.82 and 0.83
+    assert "| 0.8100 ± 0.0141 | 0.8250 ± 0.0071 |" in table
+    assert mean_std([0.82, 0.80]) == pytest.approx((0.81, 0.0141421), abs=1e-6)
+    assert "| full | fp32 | fedavg | 2 |" in table and table.count("| pafi |") == 1
+
+
+def test_time_to_target_is_the_first_round_at_or_above_the_target():
+    history = [{"round": r, "metrics": {"accuracy": a}, "bytes_up_per_client": 100.0,
+                "wall_s": 5.0} for r, a in ((1, 0.6), (2, 0.81), (3, 0.79), (4, 0.9))]
+    assert time_to_target(history, "accuracy", 0.8) == {
+        "target_round": 2, "target_upload_per_client": 200.0, "target_wall_s": 10.0}
+    assert time_to_target(history, "accuracy", 0.95)["target_round"] is None
+    assert time_to_target(history, "accuracy", None)["target_round"] is None
+
+
+def test_the_target_is_a_fraction_of_the_best_full_run(tmp_path):
+    base = RunConfig(out=str(tmp_path), run_name="cmp")
+    folder = run_comparison(base, variants(base, ["full", "pafi"], {}, [1, 2]), fake_simulate)
+    rows = {(r["method"], r["seed"]): r for r in rows_of(folder)}
+    target = 0.95 * 0.86  # the best full run: seed 2, round 3
+    assert float(rows["pafi", "1"]["target"]) == pytest.approx(target)
+    assert rows["pafi", "1"]["target_round"] == "3"  # 0.82 >= 0.817; 0.75 is not
+    assert rows["pafi", "2"]["target_round"] == "2"  # 0.83, though it ends below (0.80)
+    assert float(rows["pafi", "2"]["target_upload_per_client"]) == 2 * BYTES_UP["pafi"]
+    assert float(rows["pafi", "2"]["target_wall_s"]) == 10.0 + 20.0
+    assert "0.95 x the best `full` dev accuracy (0.8600) = 0.8170" in (
+        folder / "comparison.md").read_text()
+    folder = run_comparison(base.replace(run_name="abs"),
+                            variants(base, ["pafi"], {}, [1]), fake_simulate, target=0.7)
+    assert rows_of(folder)[0]["target_round"] == "2"
+
+
+def test_an_interrupted_comparison_resumes_where_it_stopped(tmp_path):
+    base = RunConfig(out=str(tmp_path), run_name="cmp")
+    grid = variants(base, ["full", "pafi"], {}, [1, 2])
+    calls: list[tuple[str, bool]] = []
+
+    def dies_at_the_third_run(cfg, resume=None):
+        calls.append((cfg.run_name, resume is not None))
+        if len(calls) == 3:
+            (Path(cfg.out) / cfg.run_name).mkdir()
+            (Path(cfg.out) / cfg.run_name / "checkpoint.safetensors").write_bytes(b"round 1")
+            raise KeyboardInterrupt
+        return fake_simulate(cfg, resume)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(base, grid, dies_at_the_third_run)
+    assert len(rows_of(tmp_path / "cmp")) == 2  # what finished is in the table already
+    run_comparison(base, grid, dies_at_the_third_run)
+    assert calls[3:] == [("pafi-fp32-fedavg-seed1", True), ("pafi-fp32-fedavg-seed2", False)]
+    assert len(rows_of(tmp_path / "cmp")) == 4
+
+
+def test_resuming_with_other_settings_is_refused_before_any_run(tmp_path):
+    base = RunConfig(out=str(tmp_path), run_name="cmp")
+    run_comparison(base, variants(base, ["pafi"], {}, [1]), fake_simulate)
+    longer = base.replace(rounds=10)
+    with pytest.raises(ConfigError, match=r"rounds 5 -> 10.*new --run-name"):
+        run_comparison(longer, variants(longer, ["full", "pafi"], {}, [1]), fake_simulate)
+    assert not (tmp_path / "cmp" / "full-fp32-fedavg-seed1").exists()
+
+
+def test_mask_settings_are_grid_axes_and_name_the_runs(tmp_path):
+    base = RunConfig(out=str(tmp_path))
+    grid = variants(base, ["pafi"], {"mask_criterion": ["smallest", "random"],
+                                     "sparsity": ["0.001", "0.02"]}, [3])
+    assert [v.slug for v in grid] == [
+        "pafi-fp32-fedavg-smallest-0.001-seed3", "pafi-fp32-fedavg-smallest-0.02-seed3",
+        "pafi-fp32-fedavg-random-0.001-seed3", "pafi-fp32-fedavg-random-0.02-seed3"]
+
+
+def test_the_central_reference_keeps_the_steps_per_round():
+    central = central_reference(RunConfig(num_clients=8, clients_per_round=4, local_steps=20))
+    assert (central.num_clients, central.iid, central.local_steps) == (1, True, 80)
+
+
 def test_a_bad_value_in_a_list_fails_before_any_run(tmp_path, capsys):
     with pytest.raises(ConfigError, match="Unknown server-opt 'sgd'"):
-        variants(RunConfig(), ["pafi"], ["fp32"], ["fedavg", "sgd"])
+        variants(RunConfig(), ["pafi"], {"server_opt": ["fedavg", "sgd"]}, [1])
     assert main(["compare", "--methods", "pafi,lorax", "--out", str(tmp_path)]) == 2
     assert "Unknown method 'lorax'" in capsys.readouterr().err
+    assert main(["compare", "--seeds", "1,x", "--out", str(tmp_path)]) == 2
+    assert "--seeds takes integers" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
