@@ -136,9 +136,10 @@ def _check_same_settings(run: Path, cfg: RunConfig) -> None:
     if not (run / "config.json").is_file():
         return
     saved = json.loads((run / "config.json").read_text())
-    wanted = cfg.to_dict()
-    changed = sorted(key for key in wanted
-                     if key not in FREE_SETTINGS and saved.get(key) != wanted[key])
+    wanted, defaults = cfg.to_dict(), RunConfig().to_dict()
+    # a setting newer than the run folder: the run had its default
+    changed = sorted(key for key in wanted if key not in FREE_SETTINGS
+                     and saved.get(key, defaults[key]) != wanted[key])
     if changed:
         differences = ", ".join(f"{key} {saved.get(key)!r} -> {wanted[key]!r}"
                                 for key in changed)
