@@ -1,5 +1,7 @@
 """The run folder: config.json, one rounds.jsonl line a round, a checkpoint, summary.json.
 
+Each round also goes to TensorBoard event files in `tensorboard/` (common/tensorboard_log).
+
 The checkpoint (global state after the last completed round) is replaced atomically, so a
 server killed at any moment leaves either the previous good checkpoint or the new one.
 """
@@ -18,6 +20,7 @@ from safetensors.torch import save_file
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.files import read_safetensors
+from common.tensorboard_log import TensorBoardLog
 
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_FORMAT = "fedpafi-checkpoint/1"
@@ -26,6 +29,7 @@ CHECKPOINT_FORMAT = "fedpafi-checkpoint/1"
 class RunFolder:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._tensorboard: TensorBoardLog | None = None
 
     @classmethod
     def create(cls, cfg: RunConfig) -> RunFolder:
@@ -79,10 +83,27 @@ class RunFolder:
         self._write_text("rounds.jsonl", lines)
         return kept
 
+    def log_initial(self, metrics: dict[str, float], loss: float) -> None:
+        """Round 0, the model before training: TensorBoard only (summary.json keeps it)."""
+        self._board().add_initial(metrics, loss)
+
     def append_round(self, record: dict[str, Any]) -> None:
+        """One round, to rounds.jsonl and to TensorBoard."""
+        board = self._board()  # before the append: its running sums start from earlier rounds
         with open(self.path / "rounds.jsonl", "a") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
+        board.add_round(record)
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     def rounds(self) -> list[dict[str, Any]]:
         lines = (self.path / "rounds.jsonl").read_text().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
+
+    def _board(self) -> TensorBoardLog:
+        if self._tensorboard is None:
+            self._tensorboard = TensorBoardLog(self.path, self.rounds())
+        return self._tensorboard

@@ -55,6 +55,7 @@ def serve(grid: Grid, cfg: RunConfig, resume: RunFolder | None = None) -> Path:
             train_config=strategy.base_config(),
             evaluate_fn=reporter,
         )
+    folder.close()  # the TensorBoard writer
     _finish(session, strategy, reporter, folder)
     return folder.path
 

@@ -42,6 +42,7 @@ class RoundReporter:
                   flush=True)
         elif server_round == 0:
             self.initial = {**metrics, "loss": loss}
+            self.folder.log_initial(metrics, loss)
             print(f"round 0 (pre-trained backbone, new head): dev {self.metric} "
                   f"{metrics[self.metric]:.4f}", flush=True)
         else:  # checkpoint first: a round in the log always has its checkpoint

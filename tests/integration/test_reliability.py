@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from common.config import RunConfig
 from common.faults import pick_fault
+from tests.events import expected_scalars, read_scalars
 from tests.integration.test_simulation import ROOT, fedpafi
 
 pytestmark = pytest.mark.integration
@@ -52,6 +53,8 @@ def test_server_killed_mid_run_resumes_to_the_same_global_model(glue_dir, tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed after round 1" in resumed.stdout
     assert [r["round"] for r in _rounds(tmp_path / "cut")] == [1, 2]
+    initial = json.loads((tmp_path / "cut" / "summary.json").read_text())["initial_metrics"]
+    assert read_scalars(tmp_path / "cut") == expected_scalars(_rounds(tmp_path / "cut"), initial)
     first = load_file(tmp_path / "whole" / "update.safetensors")
     second = load_file(tmp_path / "cut" / "update.safetensors")
     assert all(torch.equal(first[k], second[k]) for k in first)

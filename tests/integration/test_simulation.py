@@ -15,6 +15,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from common.glue import get_task, load_split
 from common.train import eval_subset, evaluate
+from tests.events import expected_scalars, read_scalars
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +67,14 @@ def test_each_round_logs_metrics_and_bytes(run_dir):
         assert len(record["clients"]) == 2 and record["rejected"] == []
         assert record["bytes_up"] == pytest.approx(2 * record["bytes_up_per_client"])
         assert record["bytes_down_per_client"] > record["floor_bytes_up_per_client"]
+
+
+def test_tensorboard_events_hold_the_values_of_rounds_jsonl(run_dir):
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    initial = json.loads((run_dir / "summary.json").read_text())["initial_metrics"]
+    logged = read_scalars(run_dir)
+    assert {"dev/accuracy", "dev/loss", "train/loss", "bytes/total_cumulative"} <= set(logged)
+    assert logged == expected_scalars(rounds, initial)
 
 
 def test_upload_is_within_five_percent_of_the_floor(run_dir):
