@@ -34,6 +34,9 @@ def encode_update(update: State, codec: Codec, layout: Layout,
     flat = torch.cat([update[key].detach().float().cpu().reshape(-1) for key in layout])
     if not sparse:
         return {VALUES: codec.encode(flat)}
+    wrong = [key for key, (shape, _) in layout.items() if tuple(update[key].shape) != shape]
+    if wrong:  # positions would shift silently: no receiver could tell
+        raise UpdateError(f"{wrong} do not have the layout's shapes; a sparse update needs them.")
     if flat.numel() > np.iinfo(np.int32).max:
         raise UpdateError(f"{flat.numel()} values are too many for int32 indices.")
     positions = torch.nonzero(flat).flatten()  # NaN is non-zero: decode refuses it

@@ -75,10 +75,11 @@ class SparseLocalPart(MaskedDeltaPart):
         training = self.model.training
         self.model.eval()  # no dropout: the choice depends on data and model only
         try:
-            for batch in batches:
-                grads = torch.autograd.grad(self.model(**batch).loss, self.weights)
-                for total, grad in zip(salience, grads):
-                    total.add_(grad.abs())
+            with torch.enable_grad():
+                for batch in batches:
+                    grads = torch.autograd.grad(self.model(**batch).loss, self.weights)
+                    for total, grad in zip(salience, grads):
+                        total.add_(grad.abs())
         finally:
             self.model.train(training)
         self.select(self._top_k(dict(zip(self.names, salience))))

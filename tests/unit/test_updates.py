@@ -117,6 +117,14 @@ def test_sparse_updates_with_bad_indices_are_refused_with_the_reason(corrupt, me
         decode_update(arrays, CODECS["fp32"], LAYOUT, sparse=True)
 
 
+def test_a_sparse_update_off_the_layout_is_refused_before_it_is_sent():
+    """Dense, a truncated vector fails its length check; sparse, its positions would shift."""
+    update = _sparse_update()
+    update["pafi.delta"] = update["pafi.delta"][:-1]
+    with pytest.raises(UpdateError, match=r"\['pafi.delta'\] do not have the layout's shapes"):
+        encode_update(update, CODECS["fp32"], LAYOUT, sparse=True)
+
+
 def test_weighted_mean_by_hand():
     updates = [{"v": torch.tensor([1.0, 0.0])}, {"v": torch.tensor([3.0, 4.0])}]
     mean = weighted_mean(updates, [1, 3])
