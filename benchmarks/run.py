@@ -92,7 +92,9 @@ def fixed_batches(session: Session, count: int, seed: int) -> list[Batch]:
 
 
 def warm_up(trainee: Trainee, batches: list[Batch]) -> None:
-    """Untimed steps (first-call allocations, optimizer state); notes the state's size."""
+    """Untimed steps (first-call allocations, optimizer state); notes the state's size.
+    sparse-local first picks its entries on these batches, as a client does each round."""
+    trainee.session.method.prepare(batches)
     for batch in batches:
         trainee.losses.append(train_step(trainee.session.method, trainee.optimizer, batch))
         if not trainee.opt_state_bytes:
@@ -168,7 +170,7 @@ def upload_bytes(trainee: Trainee) -> dict[str, float]:
                          loss=float(np.mean(trainee.losses)), seconds=sum(trainee.seconds))
     record = reply_record(session, session.method.update(), result, partition_id=0)
     measured = message_bytes(standalone_reply(record))
-    floor = session.codec.floor_bytes(session.method.num_values())
+    floor = session.codec.floor_bytes(session.method.num_values(), session.method.num_indices())
     return {"bytes": measured, "floor_bytes": floor, "over_floor": measured / floor,
             "num_values": session.method.num_values(), "codec": session.codec.name}
 

@@ -50,7 +50,7 @@ def train(msg: Message, context: Context) -> Message:
 
     partition_id, shard = _own_shard(cfg, context)
     arrays = {k: a.numpy() for k, a in msg.content[p.ARRAYS].items()}
-    session.method.load(unpack_state(arrays, session.method.layout))
+    session.method.load(unpack_state(arrays, session.method.layout, session.method.sparse_wire))
     server_round = int(config[p.ROUND])
     fault = pick_fault(cfg, server_round, partition_id)
     if fault == "crash":
@@ -86,7 +86,8 @@ def _own_shard(cfg: RunConfig, context: Context) -> tuple[int, Dataset]:
 def reply_record(session: Session, update: State, result: TrainResult, partition_id: int,
                  fingerprint: str | None = None) -> RecordDict:
     """What a client sends back: the encoded update, its weight and metrics, its codec."""
-    arrays = encode_update(update, session.codec, session.method.layout)
+    method = session.method
+    arrays = encode_update(update, session.codec, method.layout, method.sparse_wire)
     return RecordDict({
         p.UPDATE: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
         p.METRICS: MetricRecord({

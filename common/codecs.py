@@ -14,6 +14,7 @@ import torch
 from common.errors import UpdateError
 
 INT8_CHUNK = 4096  # values sharing one fp32 scale
+INDEX_BYTES = 4  # an int32 position, for updates whose clients choose their own entries
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,10 @@ class Codec:
         """Array length on the wire: the values, plus 4 bytes a chunk for int8 scales."""
         return numel + 4 * -(-numel // INT8_CHUNK) if self.name == "int8" else numel
 
-    def floor_bytes(self, num_values: int) -> int:
-        """Values x bits, no indices and no framing: the least any encoding could send."""
-        return num_values * self.bits // 8
+    def floor_bytes(self, num_values: int, num_indices: int = 0) -> int:
+        """Values x bits, plus the indices a client's own choice of entries needs (none for
+        a shared layout), no framing: the least any encoding could send."""
+        return num_values * self.bits // 8 + INDEX_BYTES * num_indices
 
 
 CODECS: dict[str, Codec] = {

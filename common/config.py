@@ -58,6 +58,7 @@ class RunConfig:
     mask_scope: str = "global"
     mask_criterion: str = "smallest"
     mask_include: str = ""  # comma list of extra parameter kinds: bias, layernorm
+    salience_batches: int = 4  # sparse-local: local batches whose |gradient| picks the entries
     hiwi_target: str = "bias"
     hiwi_rank: int = 8
     hiwi_sync: str = "merged"
@@ -165,6 +166,7 @@ class RunConfig:
         _positive("num-clients", self.num_clients)
         _positive("rounds", self.rounds)
         _positive("batch-size", self.batch_size)
+        _positive("salience-batches", self.salience_batches)
         _positive("hiwi-rank", self.hiwi_rank)
         _positive("lora-rank", self.lora_rank)
         _positive("lora-alpha", self.lora_alpha)

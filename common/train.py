@@ -56,20 +56,28 @@ def train_locally(
     partition_id: int,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> TrainResult:
-    """Run the local budget on one shard; the method's parts keep the model consistent."""
+    """Run the local budget on one shard; the method's parts keep the model consistent.
+
+    First the method may look at the shard's first `salience-batches` batches (the ones
+    training starts with): sparse-local picks its entries there, other methods skip it."""
     start = time.perf_counter()
     model = method.model
     device = next(model.parameters()).device
     steps = local_steps(cfg, len(shard))
-    order = _batch_order(len(shard), steps * cfg.batch_size, (cfg.seed, server_round, partition_id))
+    needed = max(steps, cfg.salience_batches) * cfg.batch_size
+    order = _batch_order(len(shard), needed, (cfg.seed, server_round, partition_id))
+
+    def batch(step: int) -> dict[str, torch.Tensor]:
+        rows = shard[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
+        return encode(tokenizer, rows, task, cfg.max_seq_length, device)
+
     torch.manual_seed(cfg.seed * 7919 + server_round * 101 + partition_id)
+    method.prepare(batch(step) for step in range(cfg.salience_batches))
     optimizer = make_optimizer(method)
     model.train()
     losses = []
     for step in range(steps):
-        rows = shard[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
-        losses.append(train_step(method, optimizer, encode(tokenizer, rows, task,
-                                                           cfg.max_seq_length, device)))
+        losses.append(train_step(method, optimizer, batch(step)))
         if progress:
             progress(step + 1, steps, losses[-1])
     model.eval()

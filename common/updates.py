@@ -1,8 +1,10 @@
 """Updates on the wire: encode with a codec, decode with validation, and average.
 
 An update travels as one flat array in the method's layout order (both sides know the
-layout, as they know the mask), so framing costs one array, not one per tensor. Every
-check a server needs on the payload lives here (size, dtype, finite values), so a corrupt
+layout, as they know the mask), so framing costs one array, not one per tensor. A method
+whose clients choose their own entries (sparse-local, `Method.sparse_wire`) sends two:
+the non-zero values of that flat vector and their int32 positions in it. Every check a
+server needs on the payload lives here (size, dtype, finite values, indices), so a corrupt
 update is refused with a reason before it can reach the aggregate.
 """
 
@@ -21,21 +23,37 @@ Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
 VALUES = "values"  # the one array of an encoded update
+INDICES = "indices"  # sparse wire: the values' positions in the flat layout
 
 
-def encode_update(update: State, codec: Codec, layout: Layout) -> dict[str, np.ndarray]:
+def encode_update(update: State, codec: Codec, layout: Layout,
+                  sparse: bool = False) -> dict[str, np.ndarray]:
     """The update as one flat array in layout order (not the dict's order, which a file or
-    a copy may have changed): names and shapes never travel."""
+    a copy may have changed): names and shapes never travel. `sparse`: only its non-zero
+    values, plus their positions."""
     flat = torch.cat([update[key].detach().float().cpu().reshape(-1) for key in layout])
-    return {VALUES: codec.encode(flat)}
+    if not sparse:
+        return {VALUES: codec.encode(flat)}
+    wrong = [key for key, (shape, _) in layout.items() if tuple(update[key].shape) != shape]
+    if wrong:  # positions would shift silently: no receiver could tell
+        raise UpdateError(f"{wrong} do not have the layout's shapes; a sparse update needs them.")
+    if flat.numel() > np.iinfo(np.int32).max:
+        raise UpdateError(f"{flat.numel()} values are too many for int32 indices.")
+    positions = torch.nonzero(flat).flatten()  # NaN is non-zero: decode refuses it
+    return {VALUES: codec.encode(flat[positions]),
+            INDICES: positions.to(torch.int32).numpy()}
 
 
-def decode_update(arrays: dict[str, np.ndarray], codec: Codec, layout: Layout) -> State:
+def decode_update(arrays: dict[str, np.ndarray], codec: Codec, layout: Layout,
+                  sparse: bool = False) -> State:
     """Rebuild a float32 update of exactly `layout`, or raise UpdateError saying why."""
-    if set(arrays) != {VALUES}:
-        raise UpdateError(f"an update is one array '{VALUES}', got {sorted(arrays)}.")
     sizes = [math.prod(shape) for shape, _ in layout.values()]
-    flat = codec.decode(arrays[VALUES], sum(sizes))
+    if sparse:
+        flat = _decode_sparse(arrays, codec, sum(sizes))
+    elif set(arrays) != {VALUES}:
+        raise UpdateError(f"an update is one array '{VALUES}', got {sorted(arrays)}.")
+    else:
+        flat = codec.decode(arrays[VALUES], sum(sizes))
     update = {key: part.reshape(shape) for (key, (shape, _)), part
               in zip(layout.items(), torch.split(flat, sizes))}
     for key, value in update.items():
@@ -45,13 +63,39 @@ def decode_update(arrays: dict[str, np.ndarray], codec: Codec, layout: Layout) -
     return update
 
 
-def pack_state(state: State, layout: Layout) -> dict[str, np.ndarray]:
+def _decode_sparse(arrays: dict[str, np.ndarray], codec: Codec, total: int) -> torch.Tensor:
+    """The flat update from non-zero values and their positions, each index checked."""
+    if set(arrays) != {VALUES, INDICES}:
+        raise UpdateError(f"a sparse update is two arrays '{VALUES}' and '{INDICES}', got "
+                          f"{sorted(arrays)}.")
+    indices, values = arrays[INDICES], arrays[VALUES]
+    if indices.dtype != np.int32 or indices.ndim != 1:
+        raise UpdateError(f"indices must be one flat int32 array, got {indices.dtype} "
+                          f"with shape {indices.shape}.")
+    if indices.size and (indices.min() < 0 or indices.max() >= total):
+        raise UpdateError(f"indices must lie in [0, {total}), got {indices.min()} to "
+                          f"{indices.max()}.")
+    if (np.diff(indices) <= 0).any():
+        at = int(np.argmax(np.diff(indices) <= 0)) + 1
+        raise UpdateError(f"indices must be strictly increasing (sorted, no repeats): "
+                          f"index {at} is {indices[at]} after {indices[at - 1]}.")
+    size = codec.encoded_size(indices.size)
+    if values.ndim != 1 or values.size != size:
+        raise UpdateError(f"{indices.size} indices need {size} encoded values "
+                          f"({codec.label}), got {values.size}.")
+    flat = torch.zeros(total)
+    flat[torch.from_numpy(indices.astype(np.int64))] = codec.decode(values, indices.size)
+    return flat
+
+
+def pack_state(state: State, layout: Layout, sparse: bool = False) -> dict[str, np.ndarray]:
     """The global state as the server sends it: the same flat layout, always fp32."""
-    return encode_update(state, CODECS["fp32"], layout)
+    return encode_update(state, CODECS["fp32"], layout, sparse)
 
 
-def unpack_state(arrays: dict[str, np.ndarray], layout: Layout) -> State:
-    return decode_update(arrays, CODECS["fp32"], layout)
+def unpack_state(arrays: dict[str, np.ndarray], layout: Layout,
+                 sparse: bool = False) -> State:
+    return decode_update(arrays, CODECS["fp32"], layout, sparse)
 
 
 def weighted_mean(updates: list[State], weights: list[float]) -> State:

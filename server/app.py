@@ -66,6 +66,9 @@ def _describe(session: Session) -> None:
     if method.mask is not None:
         line += (f"; mask k={method.mask.k:,} of {method.mask.num_eligible:,} eligible, "
                  f"fingerprint {method.mask.fingerprint[:16]}")
+    if method.sparse_wire:
+        line += (f"; each client picks its own k={method.num_indices():,} by gradient salience "
+                 f"({cfg.salience_batches} batches) and sends them with int32 indices")
     print(line, flush=True)
 
 
@@ -112,7 +115,7 @@ def _finish(session: Session, strategy: FedPafiStrategy, reporter: RoundReporter
         "values_per_update": session.method.num_values(),
         "trainable_parameters": sum(p.numel() for p in session.method.trainable_parameters()),
         "mask_fingerprint": session.fingerprint,
-        "k": session.method.mask.k if session.method.mask else 0,
+        "k": session.method.mask.k if session.method.mask else session.method.num_indices(),
         "wall_s": sum(r["wall_s"] for r in records),
     })
     if records:

@@ -24,14 +24,16 @@ class RoundReporter:
         self.strategy = strategy
         self.folder = folder
         self.metric = session.task.main_metric
-        self.floor_up = session.codec.floor_bytes(session.method.num_values())
+        self.floor_up = session.codec.floor_bytes(session.method.num_values(),
+                                                  session.method.num_indices())
         self.initial: dict[str, float] = initial or {}
         self.records: list[dict] = records or []
         self.cumulative_bytes = float(sum(r["bytes_up"] + r["bytes_down"] for r in self.records))
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         method = self.session.method
-        method.load(unpack_state({k: a.numpy() for k, a in arrays.items()}, method.layout))
+        method.load(unpack_state({k: a.numpy() for k, a in arrays.items()}, method.layout,
+                                 method.sparse_wire))
         cfg = self.session.cfg
         metrics, loss = evaluate(self.session.method.model, self.session.dev_set,
                                  self.session.tokenizer, self.session.task,
@@ -72,6 +74,8 @@ class RoundReporter:
             "codec": self.session.codec.label,
             "wall_s": time.perf_counter() - traffic.started,
         }
+        if self.session.method.sparse_wire:  # entries any client has changed so far
+            record["union_values"] = self.session.method.union_values(self.strategy.state)
         self.cumulative_bytes += record["bytes_up"] + record["bytes_down"]
         self.records.append(record)
         self.folder.append_round(record)

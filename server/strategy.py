@@ -80,8 +80,10 @@ class FedPafiStrategy(FedAvg):
         self.state, self.round_offset = state, completed_round
 
     def initial_arrays(self) -> ArrayRecord:
-        """The global state on the wire: one flat fp32 array in the method's layout."""
-        packed = pack_state(self.state, self.session.method.layout)
+        """The global state on the wire: one flat fp32 array in the method's layout (for
+        sparse-local its non-zero entries with their indices: the union of client masks)."""
+        method = self.session.method
+        packed = pack_state(self.state, method.layout, method.sparse_wire)
         return ArrayRecord({k: Array(v) for k, v in packed.items()})
 
     def base_config(self) -> ConfigRecord:
@@ -211,7 +213,8 @@ class FedPafiStrategy(FedAvg):
         if not num_examples > 0:
             raise RejectedReply(f"{p.NUM_EXAMPLES} must be > 0, got {num_examples}")
         arrays = {key: array.numpy() for key, array in content[p.UPDATE].items()}
-        update = decode_update(arrays, self.session.codec, self.session.method.layout)
+        method = self.session.method
+        update = decode_update(arrays, self.session.codec, method.layout, method.sparse_wire)
         bound = self.session.cfg.max_update_norm
         if bound:
             norm = float(sum(v.double().pow(2).sum() for v in update.values()) ** 0.5)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from common.run_folder import RunFolder
 
 HELP = {
-    "method": "pafi-hiwi (default), pafi, hiwi, lora, bitfit, full",
+    "method": "pafi-hiwi (default), pafi, hiwi, lora, bitfit, full, sparse-local",
     "task": "GLUE task: sst2 mrpc rte cola stsb qnli qqp mnli wnli",
     "clients-per-round": "clients sampled per round (0: all)",
     "local-epochs": "passes over the local shard (replaces local-steps when > 0)",
@@ -42,6 +42,8 @@ HELP = {
     "sparsity": "PaFi mask size as a fraction of eligible weights (compare: a comma list)",
     "mask-k": "PaFi mask size as an absolute count (replaces sparsity)",
     "mask-include": "extra mask candidates: bias, layernorm (comma list)",
+    "salience-batches": "sparse-local: local batches whose summed |gradient| picks each "
+                        "client's k entries",
     "hiwi-sync": "merged: send P'-P; adapter: send adapter parameters",
     "lora-targets": "comma list of linear module names that get LoRA factors",
     "codec": "fp32, fp16, bf16, int8 (compare: a comma list)",

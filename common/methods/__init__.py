@@ -10,6 +10,7 @@ from common.methods.head import DensePart
 from common.methods.hiwi import HiWiPart
 from common.methods.lora import LoRAPart, lora_config
 from common.methods.pafi import MaskedDeltaPart
+from common.methods.sparse_local import SparseLocalPart
 from common.model import Backbone
 
 
@@ -49,6 +50,12 @@ def _pafi_hiwi(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Pa
     return [MaskedDeltaPart(backbone.model, mask), _hiwi(backbone, cfg), _head(backbone)]
 
 
+def _sparse_local(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
+    params = eligible_parameters(backbone.model, cfg.mask_include_parts, backbone.head_names)
+    part = SparseLocalPart(backbone.model, params, mask_settings(cfg), backbone.identity)
+    return [part, _head(backbone)]
+
+
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
@@ -58,6 +65,8 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("pafi", "masked deltas + head", True, _pafi),
         MethodSpec("hiwi", "HiWi adapter + head", False, _hiwi_only),
         MethodSpec("pafi-hiwi", "masked deltas + HiWi + head", True, _pafi_hiwi),
+        MethodSpec("sparse-local", "each client's own top-k by gradient salience + head, "
+                   "values + indices", False, _sparse_local),
     )
 }
 

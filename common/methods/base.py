@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -25,12 +25,16 @@ from common.mask import Mask
 from common.model import Backbone
 
 State = dict[str, torch.Tensor]
+Batch = dict[str, torch.Tensor]  # one tokenized batch with its labels, as the model takes it
 
 
 class Part(ABC):
     """One trained slice of the model."""
 
     lr_group: str  # which learning-rate setting trains it: lr-pafi, lr-hiwi, lr-head, ...
+    # 0: an update of this part is its whole layout. k > 0: the part trains its own choice
+    # of k entries (sparse-local), and they travel with their indices.
+    sparse_k: int = 0
 
     @abstractmethod
     def state(self) -> State:
@@ -47,6 +51,10 @@ class Part(ABC):
     @abstractmethod
     def parameters(self) -> list[nn.Parameter]:
         """What the optimizer trains (and keeps state for)."""
+
+    def prepare(self, batches: Iterable[Batch]) -> None:
+        """Called after load and before local training, with the client's first batches;
+        only a part that picks what it trains from local data (sparse-local) reads them."""
 
     def post_step(self) -> None:
         """Called after each optimizer step (PaFi writes its deltas into the weights)."""
@@ -102,6 +110,12 @@ class Method:
             part.apply({k: state[k].to(self._device) for k in keys})
         self._loaded = self.state()
 
+    def prepare(self, batches: Iterable[Batch]) -> None:
+        """Let the parts look at local data before training (a lazy iterable: nothing is
+        tokenized unless a part reads it, and at most one part may)."""
+        for part in self.parts:
+            part.prepare(batches)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for part in self.parts for p in part.parameters()]
 
@@ -153,8 +167,24 @@ class Method:
                 )
 
     def num_values(self) -> int:
-        """Values in one update: the floor of what a client must send."""
-        return sum(math.prod(shape) for shape, _ in self.layout.values())
+        """Values in one update: the floor of what a client must send (k for a sparse part)."""
+        return sum(part.sparse_k or sum(math.prod(self.layout[key][0]) for key in keys)
+                   for part, keys in zip(self.parts, self.part_keys))
+
+    def num_indices(self) -> int:
+        """Indices one update needs at the least: one per value a sparse part chose."""
+        return sum(part.sparse_k for part in self.parts)
+
+    @property
+    def sparse_wire(self) -> bool:
+        """Updates and states travel as non-zero values plus indices (`common.updates`)."""
+        return self.num_indices() > 0
+
+    def union_values(self, state: State) -> int:
+        """Entries of the sparse parts that some client has changed: non-zero in `state`."""
+        return sum(int(torch.count_nonzero(state[key]))
+                   for part, keys in zip(self.parts, self.part_keys) if part.sparse_k
+                   for key in keys)
 
     @property
     def _device(self) -> torch.device:

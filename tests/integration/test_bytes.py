@@ -3,7 +3,8 @@
 Upload: the encoded update in the reply. Download: the global state the server sends.
 
 The formula is values x codec bits, where the values are each method's own count (masked
-deltas, biases, LoRA factors, HiWi change, all weights) plus the task head.
+deltas, biases, LoRA factors, HiWi change, all weights) plus the task head, plus 4 bytes an
+index for a method whose clients choose their own k entries (sparse-local).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from client.app import reply_record
 from common import protocol as p
 from common.codecs import CODECS
 from common.config import RunConfig
-from common.methods import METHODS
+from common.methods import METHODS, Method
+from common.methods.base import State
 from common.session import Session
 from common.train import TrainResult
 from server.strategy import FedPafiStrategy
@@ -39,23 +41,42 @@ def expected_values(method: str, session: Session) -> int:
     lora = LAYERS * 2 * 8 * (HIDDEN + HIDDEN)  # query and value, rank 8, in + out
     pafi = round(0.005 * LAYERS * (4 * HIDDEN * HIDDEN + 2 * HIDDEN * FFN))
     hiwi = LAYERS * FFN  # the merged change of each FFN input bias
-    return HEAD + {"lora": lora, "pafi": pafi, "hiwi": hiwi, "pafi-hiwi": pafi + hiwi}[method]
+    return HEAD + {"lora": lora, "pafi": pafi, "hiwi": hiwi, "pafi-hiwi": pafi + hiwi,
+                   "sparse-local": pafi}[method]
+
+
+def client_update(method: Method) -> State:
+    """Random small values; a part that picks its own entries changes only k of them."""
+    gen = torch.Generator().manual_seed(0)
+    update = {k: torch.randn_like(v) * 1e-3 for k, v in method.state().items()}
+    for part, keys in zip(method.parts, method.part_keys):
+        for key in keys if part.sparse_k else ():
+            chosen = torch.randperm(update[key].numel(), generator=gen)[:part.sparse_k]
+            kept = torch.zeros(update[key].numel())
+            kept[chosen] = update[key].reshape(-1)[chosen]
+            update[key] = kept.reshape(update[key].shape)
+    return update
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_bytes_follow_values_times_codec_bits(method):
     session = Session.build(RunConfig(method=method, device="cpu"))
-    values = session.method.num_values()
+    values, indices = session.method.num_values(), session.method.num_indices()
     assert values == expected_values(method, session)
-    update = {k: torch.randn_like(v) * 1e-3 for k, v in session.method.state().items()}
+    assert indices == (values - HEAD if method == "sparse-local" else 0)
+    update = client_update(session.method)
     result = TrainResult(num_examples=64, steps=4, loss=0.5, seconds=1.0)
     for codec in CODECS.values():
         session.cfg = session.cfg.replace(codec=codec.name)
         record = reply_record(session, update, result, partition_id=0)
-        formula = math.ceil(values * codec.bits / 8)
+        formula = math.ceil(values * codec.bits / 8) + 4 * indices
         carried = record_bytes(record[p.UPDATE])
         assert formula <= carried <= 1.05 * formula, (codec.name, carried, formula)
         framing = message_bytes(standalone_reply(record)) - carried
         assert 0 < framing < 1500, (codec.name, framing)  # metrics, codec, fingerprint, ids
     download = record_bytes(FedPafiStrategy(session).initial_arrays())  # always fp32
-    assert 4 * values <= download <= 1.05 * 4 * values
+    if session.method.sparse_wire:  # no entry chosen yet: the head's non-zero values + indices
+        sent = sum(int(torch.count_nonzero(v)) for v in session.method.state().values())
+        assert 0 < sent <= HEAD and 8 * sent <= download <= 8 * sent + 1500
+    else:
+        assert 4 * values <= download <= 1.05 * 4 * values

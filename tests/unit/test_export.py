@@ -69,8 +69,9 @@ def test_every_method_and_codec_exports_a_plain_checkpoint(tiny_model_dir, tmp_p
     gen = torch.Generator().manual_seed(0)
     update = {k: torch.randn(v.shape, generator=gen) * 0.05
               for k, v in session.method.state().items()}
-    layout = session.method.layout
-    wire = decode_update(encode_update(update, session.codec, layout), session.codec, layout)
+    layout, sparse = session.method.layout, session.method.sparse_wire
+    wire = decode_update(encode_update(update, session.codec, layout, sparse), session.codec,
+                         layout, sparse)
     session.method.load(add(session.method.state(), wire))
     save_checkpoint(session, session.method.compact(), tmp_path / "model")
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model").eval()

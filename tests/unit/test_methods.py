@@ -24,6 +24,7 @@ VARIANTS = [
     ("hiwi", "adapter", "weight"),
     ("pafi-hiwi", "merged", "bias"),
     ("pafi-hiwi", "adapter", "weight"),  # HiWi on weights that PaFi also masks
+    ("sparse-local", "merged", "bias"),
 ]
 
 
@@ -50,6 +51,7 @@ def _logits(model, batch):
 
 
 def _train(method, batch, steps=3):
+    method.prepare([batch])  # sparse-local picks its entries; a no-op for the others
     optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=1e-2)
     method.model.train()
     for _ in range(steps):
@@ -61,15 +63,17 @@ def _train(method, batch, steps=3):
 
 
 def test_registry_has_the_core_methods():
-    assert list(METHODS) == ["full", "bitfit", "lora", "pafi", "hiwi", "pafi-hiwi"]
+    assert list(METHODS) == ["full", "bitfit", "lora", "pafi", "hiwi", "pafi-hiwi",
+                             "sparse-local"]
 
 
 @pytest.mark.parametrize("name, sync, target", VARIANTS)
 def test_state_round_trips_through_every_codec_layout(tiny_model_dir, name, sync, target):
     method = _method(tiny_model_dir, name, sync, target)
     state = {k: torch.randn_like(v) * 0.01 for k, v in method.state().items()}
-    wire = decode_update(encode_update(state, CODECS["fp32"], method.layout), CODECS["fp32"],
-                         method.layout)
+    sparse = method.sparse_wire
+    wire = decode_update(encode_update(state, CODECS["fp32"], method.layout, sparse),
+                         CODECS["fp32"], method.layout, sparse)
     method.load(wire)
     assert all(torch.equal(method.state()[k], state[k]) for k in state)
 

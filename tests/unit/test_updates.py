@@ -9,6 +9,7 @@ import torch
 from common.codecs import CODECS, INT8_CHUNK
 from common.errors import UpdateError
 from common.updates import (
+    INDICES,
     VALUES,
     add,
     decode_update,
@@ -72,6 +73,56 @@ def test_int8_needs_its_scales():
     arrays[VALUES] = arrays[VALUES][:10_006]  # the codes without the scale bytes
     with pytest.raises(UpdateError, match="10018 values of int8"):
         decode_update(arrays, CODECS["int8"], LAYOUT)
+
+
+def _sparse_update():
+    """A client's own 3 entries of the delta, plus the dense head."""
+    update = {k: torch.zeros(shape) for k, (shape, _) in LAYOUT.items()}
+    update["pafi.delta"][[7, 500, 9_999]] = torch.tensor([0.5, -1.0, 2.0])
+    update["head.w"] += 0.25
+    return update
+
+
+@pytest.mark.parametrize("name", ["fp32", "fp16", "bf16", "int8"])
+def test_sparse_wire_sends_non_zero_values_and_their_int32_positions(name):
+    codec, update = CODECS[name], _sparse_update()
+    arrays = encode_update(update, codec, LAYOUT, sparse=True)
+    expected = [7, 500, 9_999, *range(10_000, 10_006)]
+    assert arrays[INDICES].dtype == np.int32 and arrays[INDICES].tolist() == expected
+    assert arrays[INDICES].nbytes == 4 * len(expected)
+    assert arrays[VALUES].size == codec.encoded_size(len(expected))
+    decoded = decode_update(arrays, codec, LAYOUT, sparse=True)
+    for key, value in update.items():  # int8: one scale for 9 values up to 2.0
+        torch.testing.assert_close(decoded[key], value, atol=1 / 127 if codec.lossy else 0,
+                                   rtol=0)
+        assert torch.equal(decoded[key] == 0, value == 0)  # what was not sent stays 0
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda a: a.pop(INDICES), r"two arrays 'values' and 'indices', got \['values'\]"),
+    (lambda a: a.update({INDICES: a[INDICES].astype(np.int64)}), "int32 array, got int64"),
+    (lambda a: a[INDICES].__setitem__(2, 10_006), r"lie in \[0, 10006\), got 7 to 10006"),
+    (lambda a: a[INDICES].__setitem__(0, -1), "got -1 to 10005"),
+    (lambda a: a[INDICES].__setitem__(1, 7), "strictly increasing.*index 1 is 7 after 7"),
+    (lambda a: a[INDICES].__setitem__(slice(0, 2), [500, 7]),
+     "strictly increasing.*index 1 is 7 after 500"),
+    (lambda a: a.update({VALUES: a[VALUES][:-1]}), "9 indices need 9 encoded values .*got 8"),
+    (lambda a: a.update({INDICES: a[INDICES][:-1]}), "8 indices need 8 encoded values .*got 9"),
+    (lambda a: a[VALUES].__setitem__(1, np.nan), "'pafi.delta' holds 1 non-finite"),
+])
+def test_sparse_updates_with_bad_indices_are_refused_with_the_reason(corrupt, message):
+    arrays = encode_update(_sparse_update(), CODECS["fp32"], LAYOUT, sparse=True)
+    corrupt(arrays)
+    with pytest.raises(UpdateError, match=message):
+        decode_update(arrays, CODECS["fp32"], LAYOUT, sparse=True)
+
+
+def test_a_sparse_update_off_the_layout_is_refused_before_it_is_sent():
+    """Dense, a truncated vector fails its length check; sparse, its positions would shift."""
+    update = _sparse_update()
+    update["pafi.delta"] = update["pafi.delta"][:-1]
+    with pytest.raises(UpdateError, match=r"\['pafi.delta'\] do not have the layout's shapes"):
+        encode_update(update, CODECS["fp32"], LAYOUT, sparse=True)
 
 
 def test_weighted_mean_by_hand():
