@@ -24,7 +24,7 @@ from common.errors import FedPafiError
 from common.methods.base import State
 from common.server_opt import server_optimizer_for
 from common.session import Session
-from common.updates import decode_update, pack_state, weighted_mean
+from common.updates import INDICES, decode_update, pack_state, weighted_mean
 from server.traffic import message_bytes
 
 
@@ -214,6 +214,9 @@ class FedPafiStrategy(FedAvg):
             raise RejectedReply(f"{p.NUM_EXAMPLES} must be > 0, got {num_examples}")
         arrays = {key: array.numpy() for key, array in content[p.UPDATE].items()}
         method = self.session.method
+        if method.sparse_wire and len(arrays.get(INDICES, ())) > method.num_values():
+            raise RejectedReply(f"sparse update carries {len(arrays[INDICES])} values; "
+                                f"the method sends at most {method.num_values()} (k + head)")
         update = decode_update(arrays, self.session.codec, method.layout, method.sparse_wire)
         bound = self.session.cfg.max_update_norm
         if bound:

@@ -59,7 +59,7 @@ HELP = {
 }
 
 
-COMPARE_METHODS = ("full", "bitfit", "lora", "pafi", "hiwi", "pafi-hiwi")
+COMPARE_METHODS = ("full", "bitfit", "lora", "pafi", "hiwi", "pafi-hiwi", "sparse-local")
 MASK_OPTIONS = ("model", "sparsity", "mask_k", "mask_scope", "mask_criterion", "mask_include",
                 "untrained_pooler", "seed")
 

@@ -231,6 +231,17 @@ def test_union_aggregation_by_hand(tiny_model_dir):
     assert record_bytes(arrays) > download_before
 
 
+def test_a_client_sending_more_than_k_values_is_refused(tiny_model_dir):
+    strategy = FedPafiStrategy(Session.build(_cfg(tiny_model_dir)))
+    session = strategy.session
+    dense = _client_update(session, {}, head=1.0)
+    dense[KEY] += 0.5  # every eligible entry: far more than k
+    strategy.aggregate_train(1, [_reply(session, dense, 100, 0)])
+    (refused,) = strategy.traffic[1].rejected
+    assert "the method sends at most" in refused["reason"]
+    assert torch.count_nonzero(strategy.state[KEY]) == 0
+
+
 def test_indices_are_counted_in_the_bytes(tiny_model_dir, session):
     pafi = Session.build(_cfg(tiny_model_dir, method="pafi"))
     k = session.method.num_indices()
