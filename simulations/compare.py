@@ -37,7 +37,7 @@ from common.run_folder import CHECKPOINT, RunFolder
 # compare options that take a comma list; each value is one axis of the grid
 LIST_OPTIONS = ("codec", "server_opt", "mask_criterion", "sparsity")
 # settings a resumed comparison may change without changing what a run computes
-FREE_SETTINGS = ("out", "data-dir", "verbose", "device", "client-cpus", "client-gpus",
+FREE_SETTINGS = ("out", "run-name", "data-dir", "verbose", "device", "client-cpus", "client-gpus",
                  "round-timeout")
 
 Simulate = Callable[[RunConfig, RunFolder | None], Path]
