@@ -9,16 +9,23 @@ to `docs/results/<study>/`; the checkpoints and merged models stay under `runs/`
     .venv/bin/python -m benchmarks.study --list           # the exact commands
     .venv/bin/python -m benchmarks.study sst2-a0.5 mask-criterion
     .venv/bin/python -m benchmarks.study --publish sst2-a0.5
+    .venv/bin/python -m benchmarks.study --report sst2-a0.5   # tables for docs/results.md
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from common.comparison import mean_std
+from common.report import human_bytes
 
 RUNS = Path("runs/study")
 DOCS = Path("docs/results")
@@ -68,11 +75,98 @@ def publish(study: str) -> Path:
     return target
 
 
+def _rows(study: str) -> list[dict]:
+    with open(DOCS / study / "comparison.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _by(rows: list[dict], key: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row[key], []).append(row)
+    return out
+
+
+def _finals(rows: list[dict]) -> list[float]:
+    return [float(row["final"]) for row in rows]
+
+
+def _pm(values: list[float], scale: float = 1.0) -> str:
+    mean, std = mean_std([scale * v for v in values])
+    return f"{mean:.1f} ± {std:.1f}" if scale != 1.0 else f"{mean:.4f} ± {std:.4f}"
+
+
+def report(study: str) -> str:
+    """The published table, plus what the study is for: the gap to full fine-tuning and the
+    byte ratio, the ordering of mask criteria, the union of client masks, the distance to
+    the central reference."""
+    rows = _rows(study)
+    lines = [(DOCS / study / "comparison.md").read_text().strip(), ""]
+    methods = _by(rows, "method")
+    if "full" in methods:
+        full = _finals(methods["full"])
+        full_up = statistics.fmean(float(r["upload_per_client_per_round"])
+                                   for r in methods["full"])
+        lines += ["| method | final − full (points, mean ± std over seeds) | "
+                  "upload / client / round vs full |", "|---|---:|---:|"]
+        for method, group in methods.items():
+            if method == "full":
+                continue
+            gaps = [a - b for a, b in zip(_finals(group), full)]  # paired by seed order
+            up = statistics.fmean(float(r["upload_per_client_per_round"]) for r in group)
+            lines.append(f"| {method} | {_pm(gaps, 100)} | {full_up / up:,.0f}x fewer |")
+        lines.append("")
+    for name in ("mask_criterion", "sparsity"):
+        values = _by(rows, name)
+        if len(values) > 1:
+            lines += [f"| {name.replace('_', ' ')} | final (mean ± std) | per seed |",
+                      "|---|---:|---|"]
+            for value, group in values.items():
+                seeds = ", ".join(f"{float(r['final']):.4f}" for r in group)
+                lines.append(f"| {value} | {_pm(_finals(group))} | {seeds} |")
+            lines.append("")
+    if "sparse-local" in methods:
+        lines += _union_growth(study, methods["sparse-local"])
+    central = DOCS / (study.split("-")[0] + "-central")  # sst2-a0.5 -> sst2-central
+    if central != DOCS / study and (central / "comparison.csv").is_file():
+        lines += _below_central(methods, _by(_rows(central.name), "method"))
+    return "\n".join(lines)
+
+
+def _union_growth(study: str, runs: list[dict]) -> list[str]:
+    """Per round: entries some client has changed, and what a client sends and receives."""
+    histories = [[json.loads(line) for line in
+                  (DOCS / study / run["run"] / "rounds.jsonl").read_text().splitlines() if line]
+                 for run in runs]
+    lines = ["| round | union of client masks (mean over seeds) | up / client | down / client |",
+             "|---:|---:|---:|---:|"]
+    for records in zip(*histories):
+        mean = statistics.fmean
+        lines.append(f"| {records[0]['round']} | {mean(r['union_values'] for r in records):,.0f} | "
+                     f"{human_bytes(mean(r['bytes_up_per_client'] for r in records))} | "
+                     f"{human_bytes(mean(r['bytes_down_per_client'] for r in records))} |")
+    return lines + [""]
+
+
+def _below_central(federated: dict[str, list[dict]], central: dict[str, list[dict]]
+                   ) -> list[str]:
+    lines = ["| method | central final | federated final | points below central |",
+             "|---|---:|---:|---:|"]
+    for method, group in federated.items():
+        if method in central:
+            c, f = _finals(central[method]), _finals(group)
+            lines.append(f"| {method} | {_pm(c)} | {_pm(f)} | "
+                         f"{100 * (statistics.fmean(c) - statistics.fmean(f)):.1f} |")
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("studies", nargs="*", help=f"any of: {', '.join(STUDIES)}")
     parser.add_argument("--list", action="store_true", help="print the commands and stop")
     parser.add_argument("--publish", action="store_true", help="only copy results to docs")
+    parser.add_argument("--report", action="store_true",
+                        help="print the published tables and what each study is for")
     args = parser.parse_args(argv)
     unknown = [s for s in args.studies if s not in STUDIES]
     if unknown:
@@ -80,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     for study in args.studies or (STUDIES if args.list else []):
         if args.list:
             print(shlex.join(command(study)))
+            continue
+        if args.report:
+            print(report(study) + "\n")
             continue
         if not args.publish:
             executable = Path(sys.executable).with_name("fedpafi")
