@@ -70,7 +70,7 @@ STAGES: dict[str, tuple[dict, list[dict]]] = {
     # reference method and the default one, on label-skewed MRPC and CoLA shards
     "second-task": ({**FEDERATED, "rounds": 10}, [
         {"method": m, "task": t, "seed": 1}
-        for t in ("cola", "mrpc") for m in ("full", "pafi-hiwi")]),
+        for t in ("mrpc", "cola") for m in ("full", "pafi-hiwi")]),
     # the defaults chosen from the stages above (RunConfig's), over three more seeds, with
     # each pooler treatment
     "defaults": (FEDERATED, [{"method": "pafi-hiwi", "untrained_pooler": p, "seed": seed}
