@@ -19,10 +19,9 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.faults import InjectedCrash, corrupt, pick_fault
 from common.glue import load_split, partition
-from common.methods.base import State
 from common.session import Session
 from common.train import TrainResult, train_locally
-from common.updates import encode_update, unpack_state
+from common.updates import State, encode_update, unpack_state
 
 app = ClientApp()
 

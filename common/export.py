@@ -15,9 +15,9 @@ from safetensors.torch import save_file
 from common.config import RunConfig
 from common.errors import MaskMismatchError
 from common.files import read_safetensors
-from common.methods.base import State
 from common.model import load_backbone
 from common.session import Session
+from common.updates import State
 
 FORMAT = "fedpafi-update/1"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.config import RunConfig
-from common.methods.base import State
+from common.updates import State
 
 
 class InjectedCrash(RuntimeError):

@@ -21,10 +21,9 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from common import protocol as p
 from common.errors import FedPafiError
-from common.methods.base import State
 from common.server_opt import server_optimizer_for
 from common.session import Session
-from common.updates import INDICES, decode_update, pack_state, weighted_mean
+from common.updates import INDICES, State, decode_update, pack_state, weighted_mean
 from server.traffic import message_bytes
 
 

@@ -15,16 +15,19 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from common.config import RunConfig
 from common.errors import UpdateError
-from common.mask import Mask
-from common.model import Backbone
+from common.updates import State
 
-State = dict[str, torch.Tensor]
+if TYPE_CHECKING:  # names for annotations: at run time the methods import neither
+    from common.config import RunConfig
+    from common.mask import Mask
+    from common.model import Backbone
+
 Batch = dict[str, torch.Tensor]  # one tokenized batch with its labels, as the model takes it
 
 
