@@ -210,7 +210,7 @@ def cmd_deploy_local(args: argparse.Namespace) -> None:
 
 def cmd_mask(args: argparse.Namespace) -> None:
     from common.glue import get_task
-    from common.methods import backbone_mask
+    from common.methods.pafi import backbone_mask
     from common.model import load_backbone
 
     cfg = config_from_args(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.config import RunConfig
-from common.mask import Mask
+from common.methods.pafi import Mask
 from common.session import Session
 from simulations.cli import main
 

@@ -13,7 +13,7 @@ from client.app import reply_record
 from common import protocol as p
 from common.config import RunConfig
 from common.glue import get_task
-from common.mask import compute_mask, eligible_parameters
+from common.methods.pafi import compute_mask, eligible_parameters
 from common.methods.sparse_local import KEY, POSITIONS, VALUES
 from common.model import load_backbone
 from common.session import Session
