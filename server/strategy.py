@@ -1,9 +1,11 @@
-"""Aggregation in the method's update space, with validation and byte accounting.
+"""The server's side of a round: sample and address the clients, validate and aggregate
+their replies in the method's update space, evaluate the global model, count the bytes.
 
 Flower's FedAvg averages whole ArrayRecords; here replies are encoded updates (fp16,
 int8, ...) that must be decoded and checked first, so `aggregate_train` is replaced: the
 example-weighted mean update goes to the server optimizer (FedAvg, FedAdam or FedYogi in
-the method's layout, `common.server_opt`). Sampling and the round loop are Flower's.
+the method's layout, `common.server_opt`). The ServerApp (`server/app.py`) calls these
+steps in the order of the algorithm, one round after the other.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from common import protocol as p
 from common.errors import FedPafiError
 from common.server_opt import server_optimizer_for
 from common.session import Session
+from common.train import evaluate
 from common.updates import INDICES, State, decode_update, pack_state, weighted_mean
 from server.traffic import message_bytes
 
@@ -78,14 +81,23 @@ class FedPafiStrategy(FedAvg):
         self.optimizer.load_state_dict(saved)
         self.state, self.round_offset = state, completed_round
 
-    def initial_arrays(self) -> ArrayRecord:
-        """The global state on the wire: one flat fp32 array in the method's layout (for
-        sparse-local its non-zero entries with their indices: the union of client masks)."""
+    def global_arrays(self) -> ArrayRecord:
+        """The current global state on the wire: one flat fp32 array in the method's layout
+        (for sparse-local its non-zero entries with their indices: the union of client
+        masks)."""
         method = self.session.method
         packed = pack_state(self.state, method.layout, method.sparse_wire)
         return ArrayRecord({k: Array(v) for k, v in packed.items()})
 
+    def evaluate(self) -> tuple[dict[str, float], float]:
+        """Dev-set metrics and loss of the global model: pre-trained + the global state."""
+        session, cfg = self.session, self.session.cfg
+        session.method.load(self.state)
+        return evaluate(session.method.model, session.dev_set, session.tokenizer, session.task,
+                        cfg.max_seq_length, cfg.eval_batch_size)
+
     def base_config(self) -> ConfigRecord:
+        """What every instruction carries besides the state: the run config, the fingerprint."""
         return ConfigRecord({
             p.RUN_CONFIG: json.dumps(self.session.cfg.to_dict(), sort_keys=True),
             p.FINGERPRINT: self.session.fingerprint,
@@ -189,7 +201,7 @@ class FedPafiStrategy(FedAvg):
         mean = weighted_mean([r.update for r in accepted], weights)
         self.state = self.optimizer.step(self.state, mean, server_round)
         traffic.train_loss = sum(r.num_examples * r.loss for r in accepted) / sum(weights)
-        return self.initial_arrays(), MetricRecord({"train-loss": traffic.train_loss})
+        return self.global_arrays(), MetricRecord({"train-loss": traffic.train_loss})
 
     def _validated(self, reply: Message) -> ValidReply:
         """Decode and check one reply, or raise with the reason it is refused."""
