@@ -8,6 +8,7 @@ message, so a SuperNode needs nothing but its partition id.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -109,6 +110,15 @@ class RunConfig:
                 )
             kwargs[name] = _coerce(key, raw, type(getattr(cls(), name)))
         return cls(**kwargs)
+
+    def to_json(self) -> str:
+        """The kebab-case mapping as canonical JSON (sorted keys): what the server sends
+        each client and an update file keeps."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls.from_mapping(json.loads(text))
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)

@@ -10,7 +10,6 @@ steps in the order of the algorithm, one round after the other.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Iterable
@@ -99,7 +98,7 @@ class FedPafiStrategy(FedAvg):
     def base_config(self) -> ConfigRecord:
         """What every instruction carries besides the state: the run config, the fingerprint."""
         return ConfigRecord({
-            p.RUN_CONFIG: json.dumps(self.session.cfg.to_dict(), sort_keys=True),
+            p.RUN_CONFIG: self.session.cfg.to_json(),
             p.FINGERPRINT: self.session.fingerprint,
         })
 
