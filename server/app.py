@@ -76,8 +76,10 @@ def play_round(grid: Grid, strategy: FedPafiStrategy, folder: RunFolder, log: Ro
 
 
 def _describe(session: Session) -> None:
+    """What a user needs to trust the run: the update's size (loud when large), the mask."""
     method, cfg = session.method, session.cfg
-    line = f"method {cfg.method}: {method.num_values():,} values per update ({session.codec.label})"
+    line = report.update_size(cfg.method, method.num_values(), method.full_values,
+                              session.codec.label)
     if method.mask is not None:
         line += (f"; mask k={method.mask.k:,} of {method.mask.num_eligible:,} eligible, "
                  f"fingerprint {method.mask.fingerprint[:16]}")
@@ -85,6 +87,8 @@ def _describe(session: Session) -> None:
         line += (f"; each client picks its own k={method.num_indices():,} by gradient salience "
                  f"({cfg.salience_batches} batches) and sends them with int32 indices")
     print(line, flush=True)
+    if warning := report.large_update_warning(cfg.method, method.num_values(), method.full_values):
+        print(warning, flush=True)
 
 
 def _show_partitions(session: Session, folder: RunFolder) -> None:

@@ -109,6 +109,8 @@ class Method:
         self.model = backbone.model
         self.identity = backbone.identity
         self.mask = mask
+        # what full fine-tuning sends: every parameter of the plain model
+        self.full_values = sum(param.numel() for param in self.model.parameters())
         for param in self.model.parameters():
             param.requires_grad_(False)
         self.parts = spec.build_parts(backbone, cfg, mask)

@@ -108,6 +108,16 @@ def test_load_resets_to_pretrained_plus_state(tiny_model_dir, batch, name, sync,
     torch.testing.assert_close(_logits(method.model, batch), before, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("name, sync, target", [("full", "merged", "bias"),
+                                               ("lora", "merged", "bias"),
+                                               ("hiwi", "adapter", "weight")])
+def test_full_values_count_the_plain_model_before_any_part_is_built(tiny_model_dir, name, sync,
+                                                                    target):
+    plain = load_backbone(str(tiny_model_dir), TASK, seed=0).model
+    method = _method(tiny_model_dir, name, sync, target)
+    assert method.full_values == sum(p.numel() for p in plain.parameters())
+
+
 def test_hiwi_starts_as_the_identity(tiny_model_dir, batch):
     plain = load_backbone(str(tiny_model_dir), TASK, seed=0).model
     for target in ("bias", "weight"):
