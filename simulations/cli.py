@@ -162,16 +162,36 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     lists = {name: split_list(getattr(args, name)) for name in LIST_OPTIONS
              if getattr(args, name) is not None}
-    for name in LIST_OPTIONS:  # lists here; each run gets one value
+    rates = split_list(args.lr or "")  # METHOD=RATE items: per method, not for every run
+    for name in (*LIST_OPTIONS, "lr"):  # set per run by the grid, not in the base config
         setattr(args, name, None)
     base = config_from_args(args)
     if args.central:
         base = central_reference(base)
     seeds = [_integer("--seeds", seed) for seed in split_list(args.seeds or str(base.seed))]
-    grid = variants(base, split_list(args.methods), lists, seeds)
+    methods = split_list(args.methods)
+    grid = variants(base, methods, lists, seeds, method_rates(rates, methods))
     target = None if args.target is None else _number("--target", args.target)
     run_comparison(base, grid, simulate, _number("--target-fraction", args.target_fraction),
                    target)
+
+
+def method_rates(items: list[str], methods: list[str]) -> dict[str, float]:
+    """compare --lr: `METHOD=RATE` items, each giving one method's parts one rate. A bare
+    rate is refused: it would train every method at it, full fine-tuning too."""
+    rates = {}
+    for item in items:
+        method, _, rate = item.partition("=")
+        if not rate:
+            raise FedPafiError(
+                f"compare --lr takes METHOD=RATE pairs (e.g. full=1e-4,pafi=1e-2), got "
+                f"{item!r}: one rate for every method would train full fine-tuning at a PEFT "
+                f"rate. Each part has its own rate already (--lr-pafi, --lr-full, ...).")
+        if method.strip() not in methods:
+            raise FedPafiError(f"compare --lr names {method.strip()!r}, which is not among "
+                               f"--methods ({', '.join(methods)}).")
+        rates[method.strip()] = _number("--lr", rate)
+    return rates
 
 
 def central_reference(cfg: RunConfig) -> RunConfig:
@@ -275,9 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser(
         "compare", help="run several methods/codecs/server optimizers on identical partitions")
-    add_run_options(compare, skip=("method",))
+    add_run_options(compare, skip=("method", "lr"))
     compare.add_argument("--methods", default=",".join(COMPARE_METHODS),
                          help="comma list of methods [default: all]")
+    compare.add_argument("--lr", metavar="METHOD=RATE,...", help="one learning rate for "
+                         "every part of the methods named, e.g. full=1e-4,pafi=1e-2; the "
+                         "others train each part at its --lr-* rate [default: none]")
     compare.add_argument("--seeds", help="comma list: every run is repeated with each seed "
                          "(partitions change with it) [default: --seed]")
     compare.add_argument("--target-fraction", default="0.95", help="time-to-target: the "
