@@ -54,7 +54,8 @@ HELP = {
     "model": "backbone: all-MiniLM-L6-v2 (offline), a HF id or a local folder",
     "data-dir": "classic GLUE folder (default: $GLUE_DIR, else the HF hub)",
     "eval-max-examples": "dev examples evaluated each round (0: all)",
-    "out": "parent folder of the run folder",
+    "out": "parent folder of the run folder: the run writes OUT/RUN-NAME/",
+    "run-name": "the run folder's name ('': <timestamp>-<method>-<task>)",
     "device": "auto uses a GPU when one is present",
 }
 
@@ -65,15 +66,16 @@ MASK_OPTIONS = ("model", "sparsity", "mask_k", "mask_scope", "mask_criterion", "
 
 
 def add_run_options(parser: argparse.ArgumentParser, only: tuple[str, ...] = (),
-                    skip: tuple[str, ...] = ()) -> None:
-    """One flag per RunConfig field, defaulting to None so only given flags override."""
-    defaults = RunConfig()
+                    skip: tuple[str, ...] = (), helps: dict[str, str] | None = None) -> None:
+    """One flag per RunConfig field, defaulting to None so only given flags override;
+    `helps` replaces HELP's text for this command."""
+    defaults, helps = RunConfig(), {**HELP, **(helps or {})}
     for field in dataclasses.fields(RunConfig):
         if (only and field.name not in only) or field.name in skip:
             continue
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
-        help_text = f"{HELP.get(flag[2:], '')} [default: {default!r}]".strip()
+        help_text = f"{helps.get(flag[2:], '')} [default: {default!r}]".strip()
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
@@ -295,7 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser(
         "compare", help="run several methods/codecs/server optimizers on identical partitions")
-    add_run_options(compare, skip=("method", "lr"))
+    add_run_options(compare, skip=("method", "lr"), helps={
+        "out": "parent folder of the comparison folder: it writes OUT/RUN-NAME/, with a run "
+               "folder in it per run",
+        "run-name": "the comparison folder's name; the same name again resumes it "
+                    "('': compare-<timestamp>-<task>)"})
     compare.add_argument("--methods", default=",".join(COMPARE_METHODS),
                          help="comma list of methods [default: all]")
     compare.add_argument("--lr", metavar="METHOD=RATE,...", help="one learning rate for "
@@ -312,18 +318,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     local = commands.add_parser("deploy-local", help="run the app on the docker-compose "
                                 "services, started as local processes (no Docker)")
-    add_run_options(local)
+    add_run_options(local, helps={
+        "out": "parent folder of the run folder (OUT/RUN-NAME/) and of the services' logs "
+               "(OUT/.deploy-local/)"})
     deploy.add_options(local)
     local.set_defaults(func=cmd_deploy_local)
 
     mask = commands.add_parser("mask", help="compute the shared PaFi mask and its fingerprint")
     add_run_options(mask, only=MASK_OPTIONS)
-    mask.add_argument("--out", dest="mask_out", metavar="FILE", help="save the mask (safetensors)")
+    mask.add_argument("--out", dest="mask_out", metavar="FILE",
+                      help="the mask file to write (safetensors) [default: print only]")
     mask.set_defaults(func=cmd_mask)
 
     export = commands.add_parser("export", help="merge an update file into a HF checkpoint")
     export.add_argument("--update", required=True, help="run folder or update.safetensors")
-    export.add_argument("--out", dest="export_out", required=True, help="checkpoint folder")
+    export.add_argument("--out", dest="export_out", metavar="DIR", required=True,
+                        help="the checkpoint folder itself (created if missing; files in it "
+                             "are overwritten)")
     export.add_argument("--model", help="backbone (default: the one the run used)")
     export.set_defaults(func=cmd_export)
 
