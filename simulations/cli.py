@@ -1,4 +1,4 @@
-"""The `fedpafi` command: simulate, compare, deploy-local, mask, export, evaluate.
+"""The `fedpafi` command: simulate, compare, deploy-local, superlink, mask, export, evaluate.
 
 Run options are generated from RunConfig, so every flag matches a `[tool.flwr.app.config]`
 key of the same (kebab-case) name. Errors a user can fix print one line and exit 2.
@@ -230,6 +230,12 @@ def cmd_deploy_local(args: argparse.Namespace) -> None:
     deploy.deploy_local(cfg, args.tls, Path(args.certs), args.base_port)
 
 
+def cmd_superlink(args: argparse.Namespace) -> None:
+    from simulations import superlink
+
+    print(f"fedpafi superlink: {superlink.start() if args.action == 'start' else superlink.stop()}")
+
+
 def cmd_mask(args: argparse.Namespace) -> None:
     from common.glue import get_task
     from common.methods.pafi import backbone_mask
@@ -323,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
                "(OUT/.deploy-local/)"})
     deploy.add_options(local)
     local.set_defaults(func=cmd_deploy_local)
+
+    link = commands.add_parser("superlink", help="Flower's local SuperLink for `flwr run .`: "
+                               "start it from this environment, stop the one it started")
+    link.add_argument("action", choices=("start", "stop"))
+    link.set_defaults(func=cmd_superlink)
 
     mask = commands.add_parser("mask", help="compute the shared PaFi mask and its fingerprint")
     add_run_options(mask, only=MASK_OPTIONS)
