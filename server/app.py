@@ -114,7 +114,7 @@ def _finish(session: Session, strategy: FedPafiStrategy, log: RoundLog,
                                  cfg.max_seq_length, cfg.eval_batch_size)
     records = log.records
     upload = _mean([r["bytes_up_per_client"] for r in records if r["clients"]])
-    full_bytes = 4 * sum(p.numel() for p in merged.parameters())
+    full_bytes = 4 * session.method.full_values  # fp32, every parameter
     folder.write_json("summary.json", {
         "method": cfg.method,
         "task": cfg.task,

@@ -53,6 +53,10 @@ class RoundTraffic:
 
 
 class FedPafiStrategy(FedAvg):
+    """Flower's FedAvg with sampling, validation and aggregation in the method's space. The
+    ServerApp calls its steps itself (`play_round`) rather than Flower's `start` loop, so
+    that a round ends with its checkpoint and reads in one place."""
+
     poll_s = 1.0  # seconds between looks at the online nodes while waiting for enough
 
     def __init__(self, session: Session) -> None:

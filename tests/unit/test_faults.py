@@ -10,6 +10,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message, Metadata, RecordDict
 
 from client import faults
+from client.app import app as client_app
 from client.app import reply_record
 from client.faults import InjectedCrash, corrupt, pick_fault
 from common import protocol as p
@@ -99,14 +100,23 @@ def _instruction(cfg: RunConfig) -> Message:
     return Message(content=RecordDict({p.CONFIG: config}), metadata=metadata)
 
 
+def _context() -> Context:
+    return Context(run_id=1, node_id=7, node_config={"partition-id": 2}, state=RecordDict(),
+                   run_config={})
+
+
+def test_the_clientapp_stages_faults_through_the_mod(strategy):
+    cfg = strategy.session.cfg.replace(fault_rate=1.0, fault_kinds="crash")
+    with pytest.raises(InjectedCrash, match="client 2 crashed on purpose"):
+        client_app(_instruction(cfg), _context())
+
+
 @pytest.mark.parametrize("kind", [*FAULT_KINDS, None])
 def test_the_fault_mod_stages_its_fault_around_the_untouched_handler(strategy, monkeypatch,
                                                                       kind):
     cfg = strategy.session.cfg.replace(fault_rate=1.0 if kind else 0.0,
                                        fault_kinds=kind or "crash")
-    instruction = _instruction(cfg)
-    context = Context(run_id=1, node_id=7, node_config={"partition-id": 2}, state=RecordDict(),
-                      run_config={})
+    instruction, context = _instruction(cfg), _context()
     handled, slept = [], []
     monkeypatch.setattr(faults.time, "sleep", slept.append)
 
