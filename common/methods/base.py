@@ -217,7 +217,6 @@ class Method:
         return next(self.model.parameters()).device
 
 
-
 def _check_stages(method: str, parts: list[Part]) -> None:
     """Refuse parts listed out of `Stage` order (they were built in that order)."""
     for before, after in zip(parts, parts[1:]):

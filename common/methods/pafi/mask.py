@@ -228,7 +228,6 @@ def _fingerprint(
     return digest.hexdigest()
 
 
-
 def mask_settings(cfg: RunConfig) -> MaskSettings:
     """The run's mask settings (sparse-local ranks its salience under the same ones)."""
     return MaskSettings(
