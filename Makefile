@@ -1,4 +1,5 @@
 # Two everyday commands: `make demo` and `make test`. Both set up .venv first (idempotent).
+# `make test-fast` runs the unit tests only (about a minute), for the edit-run loop.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 GLUE_DIR ?= $(if $(wildcard ../shared/glue),$(abspath ../shared/glue),)
 export GLUE_DIR FLWR_TELEMETRY_ENABLED=0 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup demo test lint bench robustness clean
+.PHONY: setup demo test test-fast lint bench robustness clean
 
 setup: $(STAMP)
 
@@ -25,7 +26,10 @@ demo: setup
 		--eval-max-examples 0
 
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/unit
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,28 +1,26 @@
 """fedpafi ClientApp: rebuild the model from the shared state, train locally, reply.
 
 The run config and the global state arrive in the message; the node config gives this
-SuperNode its partition (and optionally its own `data-dir`).
+SuperNode its partition (and optionally its own `data-dir`). Faults staged on purpose
+(--fault-rate) wrap the handler as a Flower mod (`client/faults.py`).
 """
 
 from __future__ import annotations
 
-import json
-import time
 from functools import lru_cache
 
 from datasets import Dataset
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.faults import inject_faults
 from common import protocol as p
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.faults import InjectedCrash, corrupt, pick_fault
 from common.glue import load_split, partition
-from common.methods.base import State
 from common.session import Session
 from common.train import TrainResult, train_locally
-from common.updates import encode_update, unpack_state
+from common.updates import State, encode_update, unpack_state
 
 app = ClientApp()
 
@@ -30,7 +28,7 @@ app = ClientApp()
 @lru_cache(maxsize=2)
 def _session(config_json: str) -> Session:
     """One model and mask per process and config: Ray actors serve many rounds."""
-    return Session.build(RunConfig.from_mapping(json.loads(config_json)))
+    return Session.build(RunConfig.from_json(config_json))
 
 
 @lru_cache(maxsize=4)
@@ -38,33 +36,25 @@ def _shards(task: str, data_dir: str, num: int, alpha: float, iid: bool, seed: i
     return partition(load_split(task, "train", data_dir), num, alpha, iid, seed, task)
 
 
-@app.train()
+@app.train(mods=[inject_faults])
 def train(msg: Message, context: Context) -> Message:
     config = msg.content[p.CONFIG]
-    cfg = RunConfig.from_mapping(json.loads(str(config[p.RUN_CONFIG])))
+    cfg = RunConfig.from_json(str(config[p.RUN_CONFIG]))
     if context.node_config.get("data-dir"):
         cfg = cfg.replace(data_dir=str(context.node_config["data-dir"]))
-    session = _session(json.dumps(cfg.to_dict(), sort_keys=True))
+    session = _session(cfg.to_json())
     if session.method.mask is not None:
         session.method.mask.check(str(config[p.FINGERPRINT]))
 
     partition_id, shard = _own_shard(cfg, context)
     arrays = {k: a.numpy() for k, a in msg.content[p.ARRAYS].items()}
     session.method.load(unpack_state(arrays, session.method.layout, session.method.sparse_wire))
-    server_round = int(config[p.ROUND])
-    fault = pick_fault(cfg, server_round, partition_id)
-    if fault == "crash":
-        raise InjectedCrash(f"client {partition_id} crashed on purpose (fault-rate)")
     result = train_locally(session.method, shard, session.tokenizer, session.task, cfg,
-                           server_round, partition_id, _progress(cfg, partition_id))
+                           int(config[p.ROUND]), partition_id, _progress(cfg, partition_id))
     if cfg.verbose:
         print(f"  client {partition_id}: {result.steps} steps, loss {result.loss:.4f}, "
               f"{result.seconds:.1f}s", flush=True)
-
-    update, fingerprint = corrupt(fault, session.method.update(), session.fingerprint)
-    if fault == "slow":
-        time.sleep(cfg.round_timeout + 1)  # answers after the server stopped waiting
-    reply = reply_record(session, update, result, partition_id, fingerprint)
+    reply = reply_record(session, session.method.update(), result, partition_id)
     return Message(content=reply, reply_to=msg)
 
 
@@ -83,8 +73,8 @@ def _own_shard(cfg: RunConfig, context: Context) -> tuple[int, Dataset]:
     return partition_id, shards[partition_id]
 
 
-def reply_record(session: Session, update: State, result: TrainResult, partition_id: int,
-                 fingerprint: str | None = None) -> RecordDict:
+def reply_record(session: Session, update: State, result: TrainResult,
+                 partition_id: int) -> RecordDict:
     """What a client sends back: the encoded update, its weight and metrics, its codec."""
     method = session.method
     arrays = encode_update(update, session.codec, method.layout, method.sparse_wire)
@@ -99,7 +89,7 @@ def reply_record(session: Session, update: State, result: TrainResult, partition
         }),
         p.REPLY_INFO: ConfigRecord({
             p.CODEC: session.codec.name,
-            p.FINGERPRINT: session.fingerprint if fingerprint is None else fingerprint,
+            p.FINGERPRINT: session.fingerprint,
         }),
     })
 

@@ -66,6 +66,13 @@ class Codec:
         """Array length on the wire: the values, plus 4 bytes a chunk for int8 scales."""
         return numel + 4 * -(-numel // INT8_CHUNK) if self.name == "int8" else numel
 
+    def count(self, encoded_size: int) -> int:
+        """How many values an encoded array holds: the inverse of `encoded_size` (a full
+        int8 chunk is 4096 codes and its 4-byte scale)."""
+        if self.name != "int8":
+            return encoded_size
+        return encoded_size - 4 * -(-encoded_size // (INT8_CHUNK + 4))
+
     def floor_bytes(self, num_values: int, num_indices: int = 0) -> int:
         """Values x bits, plus the indices a client's own choice of entries needs (none for
         a shared layout), no framing: the least any encoding could send."""

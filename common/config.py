@@ -8,6 +8,7 @@ message, so a SuperNode needs nothing but its partition id.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -29,6 +30,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MASK_INCLUDE_PARTS = ("bias", "layernorm")
 LR_GROUPS = ("pafi", "hiwi", "head", "bitfit", "lora", "full")  # a learning rate each
 FAULT_KINDS = ("crash", "nan", "wrong-length", "wrong-fingerprint", "slow")
+# A `slow` client answers round-timeout + 1 s late, holding its round for round-timeout:
+# staging it needs a round-timeout given on purpose, no longer than this.
+SLOW_FAULT_MAX_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,15 @@ class RunConfig:
             kwargs[name] = _coerce(key, raw, type(getattr(cls(), name)))
         return cls(**kwargs)
 
+    def to_json(self) -> str:
+        """The kebab-case mapping as canonical JSON (sorted keys): what the server sends
+        each client and an update file keeps."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls.from_mapping(json.loads(text))
+
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
@@ -157,6 +170,14 @@ class RunConfig:
             raise ConfigError(f"fault-rate is a fraction in [0, 1], got {self.fault_rate}.")
         if self.fault_rate and not self.fault_kind_list:
             raise ConfigError(f"fault-rate > 0 needs fault-kinds from: {', '.join(FAULT_KINDS)}.")
+        if (self.fault_rate and "slow" in self.fault_kind_list
+                and self.round_timeout > SLOW_FAULT_MAX_TIMEOUT):
+            raise ConfigError(
+                f"fault kind 'slow' answers round-timeout + 1 s late, so each slow client "
+                f"holds its round for round-timeout ({self.round_timeout:g} s). Give "
+                f"--round-timeout of at most {SLOW_FAULT_MAX_TIMEOUT:g} s (e.g. 60), or leave "
+                f"slow out of --fault-kinds."
+            )
         if not 1 <= self.min_replies <= self.sampled_clients:
             raise ConfigError(
                 f"min-replies must be between 1 and the clients sampled per round "

@@ -7,7 +7,6 @@ is exactly what anyone rebuilds from the public backbone plus `update.safetensor
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -15,9 +14,9 @@ from safetensors.torch import save_file
 from common.config import RunConfig
 from common.errors import MaskMismatchError
 from common.files import read_safetensors
-from common.methods.base import State
 from common.model import load_backbone
 from common.session import Session
+from common.updates import State
 
 FORMAT = "fedpafi-update/1"
 
@@ -30,7 +29,7 @@ def save_update(session: Session, compact: State, path: Path) -> None:
         "model": session.cfg.model,
         "model_identity": session.method.identity,
         "fingerprint": session.fingerprint,
-        "run_config": json.dumps(session.cfg.to_dict(), sort_keys=True),
+        "run_config": session.cfg.to_json(),
     }
     save_file({k: v.contiguous() for k, v in compact.items()}, str(path), metadata)
 
@@ -58,7 +57,7 @@ def save_checkpoint(session: Session, compact: State, folder: Path):
 def session_for_update(path: Path, model: str = "") -> tuple[Session, State]:
     """Rebuild the run's method on the backbone, refusing a different backbone or mask."""
     compact, metadata = load_update(path)
-    cfg = RunConfig.from_mapping(json.loads(metadata["run_config"]))
+    cfg = RunConfig.from_json(metadata["run_config"])
     cfg = cfg.replace(model=model or cfg.model)
     session = Session.build(cfg)
     if session.method.identity != metadata["model_identity"]:

@@ -14,6 +14,27 @@ def human_bytes(size: float) -> str:
     return f"{size / 1000:.1f} GB"
 
 
+LARGE_UPDATE_SHARE = 0.01  # of full fine-tuning's values: above it, a sparse update is large
+
+
+def update_size(method: str, values: int, full_values: int, codec: str) -> str:
+    """The values one update carries, and their share of what full fine-tuning sends."""
+    return (f"method {method}: {values:,} values per update ({codec}), "
+            f"{values / full_values:.2%} of full fine-tuning's {full_values:,}")
+
+
+def large_update_warning(method: str, values: int, full_values: int) -> str | None:
+    """A line that stands out when a method other than full fine-tuning sends over 1% of
+    what full fine-tuning sends, else None."""
+    share = values / full_values
+    if not LARGE_UPDATE_SHARE < share < 1:
+        return None
+    return (f"WARNING: {method} sends {share:.1%} of full fine-tuning's values per update, "
+            f"over {LARGE_UPDATE_SHARE:.0%}. Check the settings that size it: hiwi-target "
+            f"weight with hiwi-sync merged sends the whole matrix change (use hiwi-sync "
+            f"adapter); sparsity, mask-k, lora-rank, untrained-pooler train.")
+
+
 def table_header(metric: str) -> str:
     return (
         f"{'round':>5} | {metric:>22} | {'loss':>7} | {'up/client':>10} | "

@@ -19,8 +19,7 @@ from collections.abc import Mapping
 import torch
 
 from common.config import RunConfig
-from common.methods.base import State
-from common.updates import add
+from common.updates import State, add
 
 PREFIX = "server-opt."
 

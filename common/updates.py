@@ -1,4 +1,5 @@
-"""Updates on the wire: encode with a codec, decode with validation, and average.
+"""The global state and updates on the wire: encode with a codec, decode with validation,
+and average.
 
 An update travels as one flat array in the method's layout order (both sides know the
 layout, as they know the mask), so framing costs one array, not one per tensor. A method
@@ -6,6 +7,9 @@ whose clients choose their own entries (sparse-local, `Method.sparse_wire`) send
 the non-zero values of that flat vector and their int32 positions in it. Every check a
 server needs on the payload lives here (size, dtype, finite values, indices), so a corrupt
 update is refused with a reason before it can reach the aggregate.
+
+A leaf module: it imports torch and numpy only (no model, peft or Flower), so the server's
+validation path and anything that only handles states stay quick to import.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ import torch
 
 from common.codecs import CODECS, Codec
 from common.errors import UpdateError
-from common.methods.base import State
 
-Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
+State = dict[str, torch.Tensor]  # named flat tensors in a method's layout order
+Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]  # each entry's shape and dtype
 
 
 VALUES = "values"  # the one array of an encoded update

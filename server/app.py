@@ -1,8 +1,9 @@
 """fedpafi ServerApp: one shared mask, sparse updates, one merged global model.
 
 1. Build the session: backbone, shared mask and its fingerprint, the method's layout.
-2. Each round (Flower's loop): send the global state, validate and average the replies
-   in the method's update space, evaluate the merged model on the dev set, log.
+2. Each round (`play_round`): sample the clients and send them the global state, validate
+   and average the replies in the method's update space, step the server optimizer,
+   evaluate the global model on the dev set, checkpoint, log.
 3. End: merge the global update into a plain checkpoint and save the compact update.
 """
 
@@ -20,7 +21,7 @@ from common.glue import format_histogram, histogram_labels, label_histogram, loa
 from common.run_folder import RunFolder
 from common.session import Session
 from common.train import evaluate
-from server.rounds import RoundReporter
+from server.round_log import RoundLog
 from server.strategy import FedPafiStrategy
 
 app = ServerApp()
@@ -45,24 +46,40 @@ def serve(grid: Grid, cfg: RunConfig, resume: RunFolder | None = None) -> Path:
         done, state, info = folder.load_checkpoint()
         strategy.resume(done, state)
         records, initial = folder.keep_rounds(done), info["initial_metrics"]
-    reporter = RoundReporter(session, strategy, folder, records, initial)
-    if cfg.rounds > strategy.round_offset:
-        strategy.start(
-            grid=grid,
-            initial_arrays=strategy.initial_arrays(),
-            num_rounds=cfg.rounds - strategy.round_offset,
-            timeout=cfg.round_timeout,
-            train_config=strategy.base_config(),
-            evaluate_fn=reporter,
-        )
+    log = RoundLog(session, strategy, folder, records, initial)
+    rounds_left = cfg.rounds - strategy.round_offset  # none: cut off while exporting
+    if rounds_left:
+        log.start(*strategy.evaluate())
+    for loop_round in range(1, rounds_left + 1):
+        play_round(grid, strategy, folder, log, loop_round)
     folder.close()  # the TensorBoard writer
-    _finish(session, strategy, reporter, folder)
+    _finish(session, strategy, log, folder)
     return folder.path
 
 
+def play_round(grid: Grid, strategy: FedPafiStrategy, folder: RunFolder, log: RoundLog,
+               loop_round: int) -> None:
+    """One federated round, in the order of the algorithm. `loop_round` counts this
+    process's rounds from 1, as Flower's strategies do; a resumed run's strategy adds the
+    rounds done before it."""
+    cfg, server_round = strategy.session.cfg, strategy.round_offset + loop_round
+    # sample the clients; each gets the global state, the run config and the fingerprint
+    instructions = strategy.configure_train(loop_round, strategy.global_arrays(),
+                                            strategy.base_config(), grid)
+    replies = grid.send_and_receive(instructions, timeout=cfg.round_timeout)
+    # validate every reply, average the valid ones, step the server optimizer
+    strategy.aggregate_train(loop_round, replies)
+    metrics, loss = strategy.evaluate()  # the new global model on the dev set
+    # checkpoint, then log: a round in the log always has its checkpoint to resume from
+    folder.save_checkpoint(server_round, strategy.checkpoint(), {"initial_metrics": log.initial})
+    log.add_round(server_round, metrics, loss)
+
+
 def _describe(session: Session) -> None:
+    """What a user needs to trust the run: the update's size (loud when large), the mask."""
     method, cfg = session.method, session.cfg
-    line = f"method {cfg.method}: {method.num_values():,} values per update ({session.codec.label})"
+    line = report.update_size(cfg.method, method.num_values(), method.full_values,
+                              session.codec.label)
     if method.mask is not None:
         line += (f"; mask k={method.mask.k:,} of {method.mask.num_eligible:,} eligible, "
                  f"fingerprint {method.mask.fingerprint[:16]}")
@@ -70,6 +87,8 @@ def _describe(session: Session) -> None:
         line += (f"; each client picks its own k={method.num_indices():,} by gradient salience "
                  f"({cfg.salience_batches} batches) and sends them with int32 indices")
     print(line, flush=True)
+    if warning := report.large_update_warning(cfg.method, method.num_values(), method.full_values):
+        print(warning, flush=True)
 
 
 def _show_partitions(session: Session, folder: RunFolder) -> None:
@@ -84,7 +103,7 @@ def _show_partitions(session: Session, folder: RunFolder) -> None:
                           f"{cfg.task}: labels per client ({split})")
 
 
-def _finish(session: Session, strategy: FedPafiStrategy, reporter: RoundReporter,
+def _finish(session: Session, strategy: FedPafiStrategy, log: RoundLog,
             folder: RunFolder) -> None:
     cfg = session.cfg
     session.method.load(strategy.state)
@@ -93,16 +112,16 @@ def _finish(session: Session, strategy: FedPafiStrategy, reporter: RoundReporter
     merged = save_checkpoint(session, compact, folder.path / "model")
     final, final_loss = evaluate(merged, session.dev_set, session.tokenizer, session.task,
                                  cfg.max_seq_length, cfg.eval_batch_size)
-    records = reporter.records
+    records = log.records
     upload = _mean([r["bytes_up_per_client"] for r in records if r["clients"]])
-    full_bytes = 4 * sum(p.numel() for p in merged.parameters())
+    full_bytes = 4 * session.method.full_values  # fp32, every parameter
     folder.write_json("summary.json", {
         "method": cfg.method,
         "task": cfg.task,
         "codec": session.codec.label,
         "server_opt": cfg.server_opt,
         "main_metric": session.task.main_metric,
-        "initial_metrics": reporter.initial,
+        "initial_metrics": log.initial,
         "final_metrics": final,
         "final_loss": final_loss,
         "rounds_completed": len(records),
@@ -111,7 +130,7 @@ def _finish(session: Session, strategy: FedPafiStrategy, reporter: RoundReporter
         "upload_per_client_per_round": upload,
         "download_per_client_per_round": _mean([r["bytes_down_per_client"] for r in records]),
         "full_finetuning_bytes": full_bytes,
-        "floor_bytes_up_per_client": reporter.floor_up,
+        "floor_bytes_up_per_client": log.floor_up,
         "values_per_update": session.method.num_values(),
         "trainable_parameters": sum(p.numel() for p in session.method.trainable_parameters()),
         "mask_fingerprint": session.fingerprint,
@@ -119,11 +138,11 @@ def _finish(session: Session, strategy: FedPafiStrategy, reporter: RoundReporter
         "wall_s": sum(r["wall_s"] for r in records),
     })
     if records:
-        plots.rounds(records, reporter.initial, session.task.main_metric,
+        plots.rounds(records, log.initial, session.task.main_metric,
                      folder.path / "rounds.png", f"{cfg.method} on {cfg.task}")
     metric = session.task.main_metric
     print(f"final merged model: dev {metric} {final[metric]:.4f} "
-          f"(round 0: {reporter.initial.get(metric, float('nan')):.4f})", flush=True)
+          f"(round 0: {log.initial.get(metric, float('nan')):.4f})", flush=True)
     print(report.upload_comparison(upload, full_bytes), flush=True)
     print(f"fedpafi run folder: {folder.path}", flush=True)
 

@@ -1,14 +1,15 @@
-"""Aggregation in the method's update space, with validation and byte accounting.
+"""The server's side of a round: sample and address the clients, validate and aggregate
+their replies in the method's update space, evaluate the global model, count the bytes.
 
 Flower's FedAvg averages whole ArrayRecords; here replies are encoded updates (fp16,
 int8, ...) that must be decoded and checked first, so `aggregate_train` is replaced: the
 example-weighted mean update goes to the server optimizer (FedAvg, FedAdam or FedYogi in
-the method's layout, `common.server_opt`). Sampling and the round loop are Flower's.
+the method's layout, `common.server_opt`). The ServerApp (`server/app.py`) calls these
+steps in the order of the algorithm, one round after the other.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Iterable
@@ -21,10 +22,10 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from common import protocol as p
 from common.errors import FedPafiError
-from common.methods.base import State
 from common.server_opt import server_optimizer_for
 from common.session import Session
-from common.updates import INDICES, decode_update, pack_state, weighted_mean
+from common.train import evaluate
+from common.updates import INDICES, State, decode_update, pack_state, weighted_mean
 from server.traffic import message_bytes
 
 
@@ -52,6 +53,10 @@ class RoundTraffic:
 
 
 class FedPafiStrategy(FedAvg):
+    """Flower's FedAvg with sampling, validation and aggregation in the method's space. The
+    ServerApp calls its steps itself (`play_round`) rather than Flower's `start` loop, so
+    that a round ends with its checkpoint and reads in one place."""
+
     poll_s = 1.0  # seconds between looks at the online nodes while waiting for enough
 
     def __init__(self, session: Session) -> None:
@@ -79,16 +84,25 @@ class FedPafiStrategy(FedAvg):
         self.optimizer.load_state_dict(saved)
         self.state, self.round_offset = state, completed_round
 
-    def initial_arrays(self) -> ArrayRecord:
-        """The global state on the wire: one flat fp32 array in the method's layout (for
-        sparse-local its non-zero entries with their indices: the union of client masks)."""
+    def global_arrays(self) -> ArrayRecord:
+        """The current global state on the wire: one flat fp32 array in the method's layout
+        (for sparse-local its non-zero entries with their indices: the union of client
+        masks)."""
         method = self.session.method
         packed = pack_state(self.state, method.layout, method.sparse_wire)
         return ArrayRecord({k: Array(v) for k, v in packed.items()})
 
+    def evaluate(self) -> tuple[dict[str, float], float]:
+        """Dev-set metrics and loss of the global model: pre-trained + the global state."""
+        session, cfg = self.session, self.session.cfg
+        session.method.load(self.state)
+        return evaluate(session.method.model, session.dev_set, session.tokenizer, session.task,
+                        cfg.max_seq_length, cfg.eval_batch_size)
+
     def base_config(self) -> ConfigRecord:
+        """What every instruction carries besides the state: the run config, the fingerprint."""
         return ConfigRecord({
-            p.RUN_CONFIG: json.dumps(self.session.cfg.to_dict(), sort_keys=True),
+            p.RUN_CONFIG: self.session.cfg.to_json(),
             p.FINGERPRINT: self.session.fingerprint,
         })
 
@@ -190,7 +204,7 @@ class FedPafiStrategy(FedAvg):
         mean = weighted_mean([r.update for r in accepted], weights)
         self.state = self.optimizer.step(self.state, mean, server_round)
         traffic.train_loss = sum(r.num_examples * r.loss for r in accepted) / sum(weights)
-        return self.initial_arrays(), MetricRecord({"train-loss": traffic.train_loss})
+        return self.global_arrays(), MetricRecord({"train-loss": traffic.train_loss})
 
     def _validated(self, reply: Message) -> ValidReply:
         """Decode and check one reply, or raise with the reason it is refused."""

@@ -1,4 +1,4 @@
-"""The `fedpafi` command: simulate, compare, deploy-local, mask, export, evaluate.
+"""The `fedpafi` command: simulate, compare, deploy-local, superlink, mask, export, evaluate.
 
 Run options are generated from RunConfig, so every flag matches a `[tool.flwr.app.config]`
 key of the same (kebab-case) name. Errors a user can fix print one line and exit 2.
@@ -54,7 +54,8 @@ HELP = {
     "model": "backbone: all-MiniLM-L6-v2 (offline), a HF id or a local folder",
     "data-dir": "classic GLUE folder (default: $GLUE_DIR, else the HF hub)",
     "eval-max-examples": "dev examples evaluated each round (0: all)",
-    "out": "parent folder of the run folder",
+    "out": "parent folder of the run folder: the run writes OUT/RUN-NAME/",
+    "run-name": "the run folder's name ('': <timestamp>-<method>-<task>)",
     "device": "auto uses a GPU when one is present",
 }
 
@@ -65,15 +66,16 @@ MASK_OPTIONS = ("model", "sparsity", "mask_k", "mask_scope", "mask_criterion", "
 
 
 def add_run_options(parser: argparse.ArgumentParser, only: tuple[str, ...] = (),
-                    skip: tuple[str, ...] = ()) -> None:
-    """One flag per RunConfig field, defaulting to None so only given flags override."""
-    defaults = RunConfig()
+                    skip: tuple[str, ...] = (), helps: dict[str, str] | None = None) -> None:
+    """One flag per RunConfig field, defaulting to None so only given flags override;
+    `helps` replaces HELP's text for this command."""
+    defaults, helps = RunConfig(), {**HELP, **(helps or {})}
     for field in dataclasses.fields(RunConfig):
         if (only and field.name not in only) or field.name in skip:
             continue
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
-        help_text = f"{HELP.get(flag[2:], '')} [default: {default!r}]".strip()
+        help_text = f"{helps.get(flag[2:], '')} [default: {default!r}]".strip()
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
@@ -162,16 +164,36 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     lists = {name: split_list(getattr(args, name)) for name in LIST_OPTIONS
              if getattr(args, name) is not None}
-    for name in LIST_OPTIONS:  # lists here; each run gets one value
+    rates = split_list(args.lr or "")  # METHOD=RATE items: per method, not for every run
+    for name in (*LIST_OPTIONS, "lr"):  # set per run by the grid, not in the base config
         setattr(args, name, None)
     base = config_from_args(args)
     if args.central:
         base = central_reference(base)
     seeds = [_integer("--seeds", seed) for seed in split_list(args.seeds or str(base.seed))]
-    grid = variants(base, split_list(args.methods), lists, seeds)
+    methods = split_list(args.methods)
+    grid = variants(base, methods, lists, seeds, method_rates(rates, methods))
     target = None if args.target is None else _number("--target", args.target)
     run_comparison(base, grid, simulate, _number("--target-fraction", args.target_fraction),
                    target)
+
+
+def method_rates(items: list[str], methods: list[str]) -> dict[str, float]:
+    """compare --lr: `METHOD=RATE` items, each giving one method's parts one rate. A bare
+    rate is refused: it would train every method at it, full fine-tuning too."""
+    rates = {}
+    for item in items:
+        method, _, rate = item.partition("=")
+        if not rate:
+            raise FedPafiError(
+                f"compare --lr takes METHOD=RATE pairs (e.g. full=1e-4,pafi=1e-2), got "
+                f"{item!r}: one rate for every method would train full fine-tuning at a PEFT "
+                f"rate. Each part has its own rate already (--lr-pafi, --lr-full, ...).")
+        if method.strip() not in methods:
+            raise FedPafiError(f"compare --lr names {method.strip()!r}, which is not among "
+                               f"--methods ({', '.join(methods)}).")
+        rates[method.strip()] = _number("--lr", rate)
+    return rates
 
 
 def central_reference(cfg: RunConfig) -> RunConfig:
@@ -208,9 +230,15 @@ def cmd_deploy_local(args: argparse.Namespace) -> None:
     deploy.deploy_local(cfg, args.tls, Path(args.certs), args.base_port)
 
 
+def cmd_superlink(args: argparse.Namespace) -> None:
+    from simulations import superlink
+
+    print(f"fedpafi superlink: {superlink.start() if args.action == 'start' else superlink.stop()}")
+
+
 def cmd_mask(args: argparse.Namespace) -> None:
     from common.glue import get_task
-    from common.methods import backbone_mask
+    from common.methods.pafi import backbone_mask
     from common.model import load_backbone
 
     cfg = config_from_args(args)
@@ -275,9 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser(
         "compare", help="run several methods/codecs/server optimizers on identical partitions")
-    add_run_options(compare, skip=("method",))
+    add_run_options(compare, skip=("method", "lr"), helps={
+        "out": "parent folder of the comparison folder: it writes OUT/RUN-NAME/, with a run "
+               "folder in it per run",
+        "run-name": "the comparison folder's name; the same name again resumes it "
+                    "('': compare-<timestamp>-<task>)"})
     compare.add_argument("--methods", default=",".join(COMPARE_METHODS),
                          help="comma list of methods [default: all]")
+    compare.add_argument("--lr", metavar="METHOD=RATE,...", help="one learning rate for "
+                         "every part of the methods named, e.g. full=1e-4,pafi=1e-2; the "
+                         "others train each part at its --lr-* rate [default: none]")
     compare.add_argument("--seeds", help="comma list: every run is repeated with each seed "
                          "(partitions change with it) [default: --seed]")
     compare.add_argument("--target-fraction", default="0.95", help="time-to-target: the "
@@ -289,18 +324,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     local = commands.add_parser("deploy-local", help="run the app on the docker-compose "
                                 "services, started as local processes (no Docker)")
-    add_run_options(local)
+    add_run_options(local, helps={
+        "out": "parent folder of the run folder (OUT/RUN-NAME/) and of the services' logs "
+               "(OUT/.deploy-local/)"})
     deploy.add_options(local)
     local.set_defaults(func=cmd_deploy_local)
 
+    link = commands.add_parser("superlink", help="Flower's local SuperLink for `flwr run .`: "
+                               "start it from this environment, stop the one it started")
+    link.add_argument("action", choices=("start", "stop"))
+    link.set_defaults(func=cmd_superlink)
+
     mask = commands.add_parser("mask", help="compute the shared PaFi mask and its fingerprint")
     add_run_options(mask, only=MASK_OPTIONS)
-    mask.add_argument("--out", dest="mask_out", metavar="FILE", help="save the mask (safetensors)")
+    mask.add_argument("--out", dest="mask_out", metavar="FILE",
+                      help="the mask file to write (safetensors) [default: print only]")
     mask.set_defaults(func=cmd_mask)
 
     export = commands.add_parser("export", help="merge an update file into a HF checkpoint")
     export.add_argument("--update", required=True, help="run folder or update.safetensors")
-    export.add_argument("--out", dest="export_out", required=True, help="checkpoint folder")
+    export.add_argument("--out", dest="export_out", metavar="DIR", required=True,
+                        help="the checkpoint folder itself (created if missing; files in it "
+                             "are overwritten)")
     export.add_argument("--model", help="backbone (default: the one the run used)")
     export.set_defaults(func=cmd_export)
 

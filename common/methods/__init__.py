@@ -1,21 +1,37 @@
-"""The method registry: adding a method is one module of parts plus one entry here."""
+"""The method registry: adding a method is one unit of parts plus one entry here.
+
+A unit is a module or folder of `common/methods` that holds every part of one method
+(`pafi/`: the mask and its part; `hiwi/`: the adapter and its part; `lora.py`, ...). An
+entry lists a method's parts in `Stage` order (`base.py` says why the order matters);
+building a method refuses any other order.
+"""
 
 from __future__ import annotations
 
-from common.config import RunConfig
+from typing import TYPE_CHECKING
+
 from common.errors import ConfigError
-from common.mask import Mask, MaskSettings, compute_mask, eligible_parameters
-from common.methods.base import Method, MethodSpec, Part
+from common.methods.base import Method, MethodSpec, Part, Stage
 from common.methods.head import DensePart
 from common.methods.hiwi import HiWiPart
 from common.methods.lora import LoRAPart, lora_config
-from common.methods.pafi import MaskedDeltaPart
+from common.methods.pafi import (
+    Mask,
+    MaskedDeltaPart,
+    backbone_mask,
+    eligible_parameters,
+    mask_settings,
+)
 from common.methods.sparse_local import SparseLocalPart
-from common.model import Backbone
+
+if TYPE_CHECKING:
+    from common.config import RunConfig
+    from common.model import Backbone
 
 
 def _head(backbone: Backbone) -> Part:
-    return DensePart(backbone.model, backbone.head_names, prefix="head.", lr_group="head")
+    return DensePart(backbone.model, backbone.head_names, prefix="head.", lr_group="head",
+                     stage=Stage.HEAD)
 
 
 def _hiwi(backbone: Backbone, cfg: RunConfig) -> Part:
@@ -69,23 +85,6 @@ METHODS: dict[str, MethodSpec] = {
                    "values + indices", False, _sparse_local),
     )
 }
-
-
-def mask_settings(cfg: RunConfig) -> MaskSettings:
-    return MaskSettings(
-        sparsity=cfg.sparsity,
-        k=cfg.mask_k,
-        scope=cfg.mask_scope,
-        criterion=cfg.mask_criterion,
-        include=cfg.mask_include_parts,
-        seed=cfg.seed,
-    )
-
-
-def backbone_mask(backbone: Backbone, cfg: RunConfig) -> Mask:
-    """The shared mask of this backbone under the run's mask settings."""
-    params = eligible_parameters(backbone.model, cfg.mask_include_parts, backbone.head_names)
-    return compute_mask(params, mask_settings(cfg), backbone.identity)
 
 
 def build_method(backbone: Backbone, cfg: RunConfig) -> Method:

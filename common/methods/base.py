@@ -15,22 +15,45 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from common.config import RunConfig
 from common.errors import UpdateError
-from common.mask import Mask
-from common.model import Backbone
+from common.updates import State
 
-State = dict[str, torch.Tensor]
+if TYPE_CHECKING:  # names for annotations: at run time the methods import neither
+    from common.config import RunConfig
+    from common.methods.pafi import Mask
+    from common.model import Backbone
+
 Batch = dict[str, torch.Tensor]  # one tokenized batch with its labels, as the model takes it
+
+
+class Stage(IntEnum):
+    """When a part is built on the shared model. A method lists its parts in this order,
+    and `Method` refuses any other, because what one part does to the model breaks another:
+
+    - PRETRAINED parts (PaFi, sparse-local, BitFit, full) find pre-trained tensors by name
+      and train them in place. They come first: a HiWi adapter moves the tensor it targets
+      to `<module>.parametrizations.<name>.original`, and peft wraps a LoRA target as
+      `<module>.base_layer`, so after those the names no longer resolve.
+    - INJECTED parts (HiWi, LoRA) add modules to the model. peft's injection also freezes
+      every parameter but its own factors, so no method puts a PRETRAINED part beside LoRA.
+    - HEAD, the task head, comes last, so that nothing built after it freezes it.
+    """
+
+    PRETRAINED = 1
+    INJECTED = 2
+    HEAD = 3
 
 
 class Part(ABC):
     """One trained slice of the model."""
 
+    stage: Stage  # when it is built, relative to the method's other parts
     lr_group: str  # which learning-rate setting trains it: lr-pafi, lr-hiwi, lr-head, ...
     # 0: an update of this part is its whole layout. k > 0: the part trains its own choice
     # of k entries (sparse-local), and they travel with their indices.
@@ -86,9 +109,12 @@ class Method:
         self.model = backbone.model
         self.identity = backbone.identity
         self.mask = mask
+        # what full fine-tuning sends: every parameter of the plain model
+        self.full_values = sum(param.numel() for param in self.model.parameters())
         for param in self.model.parameters():
             param.requires_grad_(False)
         self.parts = spec.build_parts(backbone, cfg, mask)
+        _check_stages(spec.name, self.parts)
         self.part_lrs = [cfg.part_lr(part.lr_group) for part in self.parts]
         self.part_keys = [tuple(part.state()) for part in self.parts]  # each part's entries
         self.layout = {k: (tuple(v.shape), v.dtype) for k, v in self.state().items()}
@@ -190,3 +216,13 @@ class Method:
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+
+def _check_stages(method: str, parts: list[Part]) -> None:
+    """Refuse parts listed out of `Stage` order (they were built in that order)."""
+    for before, after in zip(parts, parts[1:]):
+        if after.stage < before.stage:
+            raise ValueError(
+                f"method '{method}' builds {type(after).__name__} ({after.stage.name}) after "
+                f"{type(before).__name__} ({before.stage.name}); list its parts in Stage "
+                f"order: {', '.join(stage.name for stage in Stage)} (see Stage for why)."
+            )

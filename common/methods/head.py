@@ -1,19 +1,20 @@
-"""Task head part: the newly initialised layers, always trained densely and always sent."""
+"""Dense part: named parameters trained in full. The task head (the newly initialised
+layers, always trained and always sent), BitFit's biases and full fine-tuning are each one."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from common.methods.base import Part, State
+from common.methods.base import Part, Stage, State
 
 
 class DensePart(Part):
     """Named parameters trained in full; their values travel as they are."""
 
     def __init__(self, model: nn.Module, names: tuple[str, ...], prefix: str,
-                 lr_group: str) -> None:
-        self.lr_group = lr_group
+                 lr_group: str, stage: Stage = Stage.PRETRAINED) -> None:
+        self.lr_group, self.stage = lr_group, stage
         params = dict(model.named_parameters())
         self.prefix = prefix
         self.params = {name: params[name] for name in names}

@@ -13,7 +13,7 @@ from peft.tuners.lora import LoraModel
 from torch import nn
 
 from common.errors import ConfigError
-from common.methods.base import Part, State
+from common.methods.base import Part, Stage, State
 
 PREFIX = "lora."
 ADAPTER = "default"
@@ -38,6 +38,7 @@ def inject(model: nn.Module, config: LoraConfig, seed: int) -> LoraModel:
 
 
 class LoRAPart(Part):
+    stage = Stage.INJECTED
     lr_group = "lora"
 
     def __init__(self, model: nn.Module, config: LoraConfig, seed: int) -> None:

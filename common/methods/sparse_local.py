@@ -26,9 +26,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from common.mask import Mask, MaskSettings, compute_mask
 from common.methods.base import Batch, State
-from common.methods.pafi import MaskedDeltaPart
+from common.methods.pafi import Mask, MaskedDeltaPart, MaskSettings, compute_mask
 
 KEY = "sparse-local.delta"
 # the compact update (export): the global delta's non-zero entries and their flat positions

@@ -74,7 +74,7 @@ def test_bytes_follow_values_times_codec_bits(method):
         assert formula <= carried <= 1.05 * formula, (codec.name, carried, formula)
         framing = message_bytes(standalone_reply(record)) - carried
         assert 0 < framing < 1500, (codec.name, framing)  # metrics, codec, fingerprint, ids
-    download = record_bytes(FedPafiStrategy(session).initial_arrays())  # always fp32
+    download = record_bytes(FedPafiStrategy(session).global_arrays())  # always fp32
     if session.method.sparse_wire:  # no entry chosen yet: the head's non-zero values + indices
         sent = sum(int(torch.count_nonzero(v)) for v in session.method.state().values())
         assert 0 < sent <= HEAD and 8 * sent <= download <= 8 * sent + 1500

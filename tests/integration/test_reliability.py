@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from client.faults import pick_fault
 from common.config import RunConfig
-from common.faults import pick_fault
 from tests.events import expected_scalars, read_scalars
 from tests.integration.test_simulation import ROOT, fedpafi
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.config import RunConfig
-from common.mask import Mask
+from common.methods.pafi import Mask
 from common.session import Session
 from simulations.cli import main
 
@@ -44,3 +44,16 @@ def test_mask_command_saves_the_mask_the_server_holds(tmp_path, capsys, tiny_mod
     assert saved.fingerprint == server.fingerprint
     assert f"fingerprint {saved.fingerprint}" in printed and f"k = {saved.k:,}" in printed
     assert printed.count(".weight") == len(saved.indices)  # one table row per tensor
+
+
+@pytest.mark.parametrize("command, meaning", [
+    ("simulate", "parent folder of the run folder: the run writes OUT/RUN-NAME/"),
+    ("compare", "parent folder of the comparison folder: it writes OUT/RUN-NAME/"),
+    ("deploy-local", "parent folder of the run folder (OUT/RUN-NAME/)"),
+    ("mask", "the mask file to write"),
+    ("export", "the checkpoint folder itself"),
+])
+def test_every_out_says_what_it_names(command, meaning, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert meaning in " ".join(capsys.readouterr().out.split())

@@ -13,7 +13,7 @@ from common.comparison import mean_std, time_to_target
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.plots import COMPARISON_PLOTS
-from simulations.cli import central_reference, main
+from simulations.cli import central_reference, main, method_rates
 from simulations.compare import run_comparison, variants
 
 BYTES_UP = {"full": 9e7, "pafi": 2.5e5}
@@ -158,3 +158,18 @@ def test_a_bad_value_in_a_list_fails_before_any_run(tmp_path, capsys):
     assert main(["compare", "--seeds", "1,x", "--out", str(tmp_path)]) == 2
     assert "--seeds takes integers" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_compare_lr_names_its_methods_and_a_bare_rate_is_refused(tmp_path, capsys):
+    assert main(["compare", "--methods", "full,pafi", "--lr", "1e-2", "--out", str(tmp_path)]) == 2
+    assert "compare --lr takes METHOD=RATE pairs" in capsys.readouterr().err
+    assert main(["compare", "--methods", "full,pafi", "--lr", "bitfit=1e-3",
+                 "--out", str(tmp_path)]) == 2
+    assert "'bitfit', which is not among --methods" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    base = RunConfig(out=str(tmp_path), run_name="cmp", seed=1)
+    grid = variants(base, ["full", "pafi"], {}, [1], method_rates(["pafi=0.02"], ["full", "pafi"]))
+    folder = run_comparison(base, grid, fake_simulate)
+    rates = {run: json.loads((folder / run / "config.json").read_text())["lr"]
+             for run in ("full-fp32-fedavg-seed1", "pafi-fp32-fedavg-seed1")}
+    assert rates == {"full-fp32-fedavg-seed1": 0.0, "pafi-fp32-fedavg-seed1": 0.02}

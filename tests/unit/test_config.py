@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from common.config import RunConfig
 from common.errors import ConfigError
@@ -38,6 +38,8 @@ def test_from_mapping_coerces_strings_and_accepts_both_spellings():
     ({"alpha": 0.0}, "alpha must be > 0"),
     ({"fault-kinds": "crash,meteor"}, "Unknown fault-kinds 'meteor'. Allowed: crash, nan"),
     ({"fault-rate": 1.5}, "fault-rate is a fraction"),
+    ({"fault-rate": 0.3}, "fault kind 'slow' answers round-timeout \\+ 1 s late"),
+    ({"fault-rate": 0.3, "round-timeout": 601}, "Give --round-timeout of at most 600 s"),
     ({"min-replies": 5}, "min-replies must be between 1 and the clients sampled per round (4)"),
     ({"round-timeout": 0}, "round-timeout must be > 0"),
     ({"max-update-norm": -1}, "max-update-norm must be >= 0"),

@@ -1,14 +1,21 @@
-"""Staged faults are reproducible, and every kind is kept out of the aggregate with a reason."""
+"""Staged faults are reproducible, staged by a client mod around the untouched handler, and
+every kind is kept out of the aggregate with a reason."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
-from flwr.app import Error
+from flwr.app import ConfigRecord, Context, Error, Message, Metadata, RecordDict
 
+from client import faults
+from client.app import app as client_app
 from client.app import reply_record
+from client.faults import InjectedCrash, corrupt, pick_fault
+from common import protocol as p
 from common.config import FAULT_KINDS, RunConfig
-from common.faults import corrupt, pick_fault
+from common.errors import FedPafiError
 from common.session import Session
 from common.train import TrainResult
 from server.strategy import FedPafiStrategy, RoundTraffic
@@ -38,8 +45,10 @@ def strategy(tiny_model_dir):
 def _reply(strategy, fault=None, scale=0.01, partition=0):
     session = strategy.session
     update = {k: torch.full_like(v, scale) for k, v in session.method.state().items()}
-    update, fingerprint = corrupt(fault, update, session.fingerprint)
-    return standalone_reply(reply_record(session, update, RESULT, partition, fingerprint))
+    record = reply_record(session, update, RESULT, partition)
+    if fault:
+        corrupt(fault, record)
+    return standalone_reply(record)
 
 
 @pytest.mark.parametrize("fault, reason", [
@@ -80,3 +89,51 @@ def test_too_few_valid_replies_skip_the_round(tiny_model_dir, capsys):
     assert arrays is None and strategy.traffic[4].skipped
     assert all(torch.equal(strategy.state[k], before[k]) for k in before)
     assert "round 4 skipped: 1 valid replies, min-replies is 2" in capsys.readouterr().out
+
+
+def _instruction(cfg: RunConfig) -> Message:
+    """A train instruction as the server sends it (the mod reads its config only)."""
+    metadata = Metadata(run_id=1, message_id="id-7", src_node_id=1, dst_node_id=7,
+                        reply_to_message_id="", group_id="1", created_at=time.time(),
+                        ttl=60.0, message_type="train")
+    config = ConfigRecord({p.RUN_CONFIG: cfg.to_json(), p.ROUND: 1})
+    return Message(content=RecordDict({p.CONFIG: config}), metadata=metadata)
+
+
+def _context() -> Context:
+    return Context(run_id=1, node_id=7, node_config={"partition-id": 2}, state=RecordDict(),
+                   run_config={})
+
+
+def test_the_clientapp_stages_faults_through_the_mod(strategy):
+    cfg = strategy.session.cfg.replace(fault_rate=1.0, fault_kinds="crash")
+    with pytest.raises(InjectedCrash, match="client 2 crashed on purpose"):
+        client_app(_instruction(cfg), _context())
+
+
+@pytest.mark.parametrize("kind", [*FAULT_KINDS, None])
+def test_the_fault_mod_stages_its_fault_around_the_untouched_handler(strategy, monkeypatch,
+                                                                      kind):
+    cfg = strategy.session.cfg.replace(fault_rate=1.0 if kind else 0.0,
+                                       fault_kinds=kind or "crash")
+    instruction, context = _instruction(cfg), _context()
+    handled, slept = [], []
+    monkeypatch.setattr(faults.time, "sleep", slept.append)
+
+    def handler(msg: Message, context: Context) -> Message:
+        handled.append(msg)
+        return _reply(strategy)
+
+    if kind == "crash":
+        with pytest.raises(InjectedCrash, match="client 2 crashed on purpose"):
+            faults.inject_faults(instruction, context, handler)
+        assert handled == []
+        return
+    reply = faults.inject_faults(instruction, context, handler)
+    assert handled == [instruction]
+    assert slept == ([cfg.round_timeout + 1] if kind == "slow" else [])
+    if kind in ("nan", "wrong-length", "wrong-fingerprint"):
+        with pytest.raises(FedPafiError):  # what aggregate_train refuses with a reason
+            strategy._validated(reply)
+    else:
+        strategy._validated(reply)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from common import hiwi
 from common.config import RunConfig
 from common.glue import get_task
 from common.methods import build_method
+from common.methods.hiwi import adapter as hiwi
 from common.model import load_backbone
 
 # MiniLM's FFN input projection: 1536 x 384; layer 0 has bias RMS 0.16 (L1 norm 165) and

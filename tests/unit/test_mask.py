@@ -8,7 +8,7 @@ from safetensors import safe_open
 
 from common.errors import ConfigError, MaskMismatchError
 from common.glue import get_task
-from common.mask import Mask, MaskSettings, compute_mask, eligible_parameters
+from common.methods.pafi import Mask, MaskSettings, compute_mask, eligible_parameters
 from common.model import load_backbone
 
 

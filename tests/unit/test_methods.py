@@ -10,6 +10,11 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.glue import get_task
 from common.methods import METHODS, build_method
+from common.methods.base import MethodSpec, Stage
+from common.methods.head import DensePart
+from common.methods.hiwi import HiWiPart
+from common.methods.lora import LoRAPart, lora_config
+from common.methods.pafi import MaskedDeltaPart
 from common.model import load_backbone
 from common.updates import decode_update, encode_update
 
@@ -103,6 +108,16 @@ def test_load_resets_to_pretrained_plus_state(tiny_model_dir, batch, name, sync,
     torch.testing.assert_close(_logits(method.model, batch), before, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("name, sync, target", [("full", "merged", "bias"),
+                                               ("lora", "merged", "bias"),
+                                               ("hiwi", "adapter", "weight")])
+def test_full_values_count_the_plain_model_before_any_part_is_built(tiny_model_dir, name, sync,
+                                                                    target):
+    plain = load_backbone(str(tiny_model_dir), TASK, seed=0).model
+    method = _method(tiny_model_dir, name, sync, target)
+    assert method.full_values == sum(p.numel() for p in plain.parameters())
+
+
 def test_hiwi_starts_as_the_identity(tiny_model_dir, batch):
     plain = load_backbone(str(tiny_model_dir), TASK, seed=0).model
     for target in ("bias", "weight"):
@@ -190,3 +205,39 @@ def test_lora_merge_is_peft_merge_of_the_unmerged_model(tiny_model_dir, batch):
 def test_lora_on_missing_modules_is_a_clear_error(tiny_model_dir):
     with pytest.raises(ConfigError, match="Set lora-targets to linear module names"):
         _method(tiny_model_dir, "lora", lora_targets="q_proj")
+
+
+def _register(monkeypatch, name, build_parts, uses_mask=False):
+    monkeypatch.setitem(METHODS, name, MethodSpec(name, "a test entry", uses_mask, build_parts))
+
+
+@pytest.mark.parametrize("name, build_parts, uses_mask, message", [
+    ("head-then-lora",  # peft's injection would freeze the head built before it
+     lambda b, cfg, mask: [DensePart(b.model, b.head_names, "head.", "head", Stage.HEAD),
+                           LoRAPart(b.model, lora_config(4, 8, "query,value"), 0)],
+     False, "builds LoRAPart \\(INJECTED\\) after DensePart \\(HEAD\\)"),
+    ("hiwi-then-pafi",  # HiWi's parametrization would hide a weight PaFi finds by name
+     lambda b, cfg, mask: [HiWiPart(b.model, "bias", 4, "merged", 0),
+                           MaskedDeltaPart(b.model, mask)],
+     True, "builds MaskedDeltaPart \\(PRETRAINED\\) after HiWiPart \\(INJECTED\\)"),
+])
+def test_parts_out_of_stage_order_are_refused(tiny_model_dir, monkeypatch, name, build_parts,
+                                              uses_mask, message):
+    _register(monkeypatch, name, build_parts, uses_mask)
+    with pytest.raises(ValueError, match=message):
+        _method(tiny_model_dir, name)
+
+
+def test_a_method_is_one_registry_entry(tiny_model_dir, batch, monkeypatch):
+    """The README's example: a linear probe (the head alone) is one entry and no new unit;
+    settings, training, the layout and the merge pick it up."""
+    _register(monkeypatch, "head-only", lambda backbone, cfg, mask: [
+        DensePart(backbone.model, backbone.head_names, "head.", "head", Stage.HEAD)])
+    RunConfig(method="head-only").validate()
+    method = _method(tiny_model_dir, "head-only")
+    assert set(method.layout) == {"head.classifier.weight", "head.classifier.bias"}
+    _train(method, batch)
+    plain = load_backbone(str(tiny_model_dir), TASK, seed=1).model
+    method.merge_into(plain, method.compact())
+    torch.testing.assert_close(_logits(plain, batch), _logits(method.model, batch), atol=1e-6,
+                               rtol=0)

@@ -34,7 +34,7 @@ def strategy(tiny_model_dir, monkeypatch):
 
 
 def _round(strategy: FedPafiStrategy, server_round: int, grid: Grid) -> list[int]:
-    messages = strategy.configure_train(server_round, strategy.initial_arrays(),
+    messages = strategy.configure_train(server_round, strategy.global_arrays(),
                                         ConfigRecord(), grid)
     return [m.metadata.dst_node_id for m in messages]
 
@@ -69,7 +69,7 @@ def test_the_first_round_waits_for_every_sampled_node(strategy):
 def test_the_superlinks_reply_for_an_offline_node_is_logged_for_that_node(strategy):
     """The SuperLink answers with an error from node 1 when a node misses its heartbeats."""
     grid = Grid({11, 22, 33})
-    sent = strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), grid)
+    sent = strategy.configure_train(1, strategy.global_arrays(), ConfigRecord(), grid)
     for message in sent:  # what the Grid does as it pushes them
         message.metadata.__dict__["_message_id"] = f"id-{message.metadata.dst_node_id}"
     lost = next(m for m in sent if m.metadata.dst_node_id == 22)

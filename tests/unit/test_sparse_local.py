@@ -13,7 +13,7 @@ from client.app import reply_record
 from common import protocol as p
 from common.config import RunConfig
 from common.glue import get_task
-from common.mask import compute_mask, eligible_parameters
+from common.methods.pafi import compute_mask, eligible_parameters
 from common.methods.sparse_local import KEY, POSITIONS, VALUES
 from common.model import load_backbone
 from common.session import Session
@@ -208,7 +208,7 @@ def test_union_aggregation_by_hand(tiny_model_dir):
     session = strategy.session
     before = {k: v.clone() for k, v in strategy.state.items()}
     assert session.method.union_values(before) == 0
-    download_before = record_bytes(strategy.initial_arrays())
+    download_before = record_bytes(strategy.global_arrays())
     one = _client_update(session, {3: 1.0, 10: 2.0}, head=1.0)  # 100 examples
     two = _client_update(session, {10: 4.0, 20: -1.0}, head=3.0)  # 300 examples
     arrays, _ = strategy.aggregate_train(1, [_reply(session, one, 100, 0),

@@ -5,15 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
+from flwr.app import Message
+from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import reply_record
 from common.config import RunConfig
 from common.run_folder import RunFolder
 from common.session import Session
 from common.train import TrainResult
-from server.rounds import RoundReporter
-from server.strategy import FedPafiStrategy, RoundTraffic
-from server.traffic import standalone_reply
+from server.app import play_round
+from server.round_log import RoundLog
+from server.strategy import FedPafiStrategy
 from tests.events import expected_scalars, read_scalars
 
 TAGS = {"dev/f1", "dev/accuracy", "dev/loss", "train/loss", "bytes/up_per_client",
@@ -83,42 +85,61 @@ def _session(tiny_model_dir, out) -> Session:
     return session
 
 
-def _play(reporter: RoundReporter, strategy: FedPafiStrategy, loop_round: int) -> None:
-    """One loop round as Flower drives it: replies aggregated, then the evaluate_fn."""
-    number = loop_round + strategy.round_offset
-    strategy.traffic[number] = RoundTraffic(bytes_down=[5000 + number] * 2)
-    replies = []
-    for partition in (0, 1):
-        update = {k: torch.full_like(v, 0.01 * number) for k, v in strategy.state.items()}
-        result = TrainResult(num_examples=10 + partition, steps=1, loss=1.0 / number, seconds=0)
-        replies.append(standalone_reply(reply_record(strategy.session, update, result,
-                                                     partition)))
-    arrays, _ = strategy.aggregate_train(loop_round, replies)
-    reporter(loop_round, arrays)
+class Grid:
+    """A grid of two clients that reply at once, as a partition's ClientApp would."""
+
+    def __init__(self, strategy: FedPafiStrategy) -> None:
+        self.strategy = strategy
+        self.partitions = {11: 0, 22: 1}
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self.partitions)
+
+    def send_and_receive(self, messages: list[Message], timeout: float) -> list[Message]:
+        number = int(messages[0].content["config"]["server-round"])
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            message.metadata.__dict__["_message_id"] = f"id-{node}"  # as the Grid sets it
+            partition = self.partitions[node]
+            update = {k: torch.full_like(v, 0.01 * number)
+                      for k, v in self.strategy.state.items()}
+            result = TrainResult(num_examples=10 + partition, steps=1, loss=1.0 / number,
+                                 seconds=0)
+            record = reply_record(self.strategy.session, update, result, partition)
+            replies.append(Message(content=record, reply_to=message))
+        return replies
 
 
-def test_the_server_reporter_writes_rounds_and_round_0_across_a_resume(tiny_model_dir,
-                                                                       tmp_path):
+@pytest.fixture
+def task_identity(monkeypatch):
+    for name in ("_run_id", "_task_id", "_node_id"):  # what a ServerApp process has set
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+
+def test_the_server_log_writes_rounds_and_round_0_across_a_resume(tiny_model_dir, tmp_path,
+                                                                 task_identity):
     session = _session(tiny_model_dir, tmp_path)
     folder = RunFolder.create(session.cfg)
     strategy = FedPafiStrategy(session)
-    reporter = RoundReporter(session, strategy, folder)
-    reporter(0, strategy.initial_arrays())
+    log = RoundLog(session, strategy, folder)
+    log.start(*strategy.evaluate())
     for loop_round in (1, 2):
-        _play(reporter, strategy, loop_round)
+        play_round(Grid(strategy), strategy, folder, log, loop_round)
     # killed here: no close; a new process resumes after round 2 as server.app.serve does
     resumed_folder, _ = RunFolder.existing(folder.path)
     done, state, info = resumed_folder.load_checkpoint()
     resumed = FedPafiStrategy(session)
     resumed.resume(done, state)
-    reporter = RoundReporter(session, resumed, resumed_folder, resumed_folder.keep_rounds(done),
-                             info["initial_metrics"])
-    reporter(0, resumed.initial_arrays())  # evaluates the resumed model, logs nothing
-    _play(reporter, resumed, 1)
+    log = RoundLog(session, resumed, resumed_folder, resumed_folder.keep_rounds(done),
+                   info["initial_metrics"])
+    log.start(*resumed.evaluate())  # the resumed model: printed, not logged
+    play_round(Grid(resumed), resumed, resumed_folder, log, 1)
     resumed_folder.close()
 
     rounds = resumed_folder.rounds()
     assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["clients"] == [11, 22] and not r["rejected"] for r in rounds)
     logged = read_scalars(folder.path)
     assert set(logged) == TAGS
     assert logged == expected_scalars(rounds, info["initial_metrics"])

@@ -139,3 +139,10 @@ def test_packing_follows_the_layout_not_the_dicts_order():
     assert list(reordered) != list(LAYOUT)
     unpacked = unpack_state(pack_state(reordered, LAYOUT), LAYOUT)
     assert all(torch.equal(unpacked[k], state[k]) for k in LAYOUT)
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+def test_count_inverts_encoded_size(name):
+    codec = CODECS[name]
+    for numel in (0, 1, INT8_CHUNK - 1, INT8_CHUNK, INT8_CHUNK + 1, 3 * INT8_CHUNK + 17):
+        assert codec.count(codec.encoded_size(numel)) == numel

@@ -11,14 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common import hiwi
-from common.methods.base import Part, State
+from common.methods.base import Part, Stage, State
+from common.methods.hiwi import adapter as hiwi
 
 CHANGE_KEY = "hiwi.change"
 ADAPTER_KEY = "hiwi.adapter"
 
 
 class HiWiPart(Part):
+    stage = Stage.INJECTED
     lr_group = "hiwi"
 
     def __init__(self, model: nn.Module, target: str, rank: int, sync: str, seed: int) -> None:

@@ -14,12 +14,17 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
 
 from common.errors import ConfigError, MaskMismatchError
 from common.files import read_safetensors
+
+if TYPE_CHECKING:
+    from common.config import RunConfig
+    from common.model import Backbone
 
 FORMAT = "fedpafi-mask/1"
 # A parameter inside a repeated encoder block: BERT/RoBERTa `encoder.layer.3.`,
@@ -222,3 +227,20 @@ def _fingerprint(
         digest.update(indices[name].to(torch.int64).contiguous().numpy().tobytes())
     return digest.hexdigest()
 
+
+def mask_settings(cfg: RunConfig) -> MaskSettings:
+    """The run's mask settings (sparse-local ranks its salience under the same ones)."""
+    return MaskSettings(
+        sparsity=cfg.sparsity,
+        k=cfg.mask_k,
+        scope=cfg.mask_scope,
+        criterion=cfg.mask_criterion,
+        include=cfg.mask_include_parts,
+        seed=cfg.seed,
+    )
+
+
+def backbone_mask(backbone: Backbone, cfg: RunConfig) -> Mask:
+    """The shared mask of this backbone under the run's mask settings."""
+    params = eligible_parameters(backbone.model, cfg.mask_include_parts, backbone.head_names)
+    return compute_mask(params, mask_settings(cfg), backbone.identity)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.mask import Mask
-from common.methods.base import Part, State
+from common.methods.base import Part, Stage, State
+from common.methods.pafi.mask import Mask
 
 KEY = "pafi.delta"
 
 
 class MaskedDeltaPart(Part):
+    stage = Stage.PRETRAINED
     lr_group = "pafi"
 
     def __init__(self, model: nn.Module, mask: Mask) -> None:

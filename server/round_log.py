@@ -1,21 +1,17 @@
-"""Per-round bookkeeping: evaluate the merged global model, log the round, print a row."""
+"""What the server records of each round: rounds.jsonl, TensorBoard and a printed table row."""
 
 from __future__ import annotations
 
 import time
 
-from flwr.app import ArrayRecord, MetricRecord
-
 from common import report
 from common.run_folder import RunFolder
 from common.session import Session
-from common.train import evaluate
-from common.updates import unpack_state
 from server.strategy import FedPafiStrategy
 
 
-class RoundReporter:
-    """Flower's `evaluate_fn`: called with round 0 (untrained) and after every round."""
+class RoundLog:
+    """The log of round 0 (the model before training) and of every round after it."""
 
     def __init__(self, session: Session, strategy: FedPafiStrategy, folder: RunFolder,
                  records: list[dict] | None = None, initial: dict | None = None) -> None:
@@ -30,32 +26,20 @@ class RoundReporter:
         self.records: list[dict] = records or []
         self.cumulative_bytes = float(sum(r["bytes_up"] + r["bytes_down"] for r in self.records))
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        method = self.session.method
-        method.load(unpack_state({k: a.numpy() for k, a in arrays.items()}, method.layout,
-                                 method.sparse_wire))
-        cfg = self.session.cfg
-        metrics, loss = evaluate(self.session.method.model, self.session.dev_set,
-                                 self.session.tokenizer, self.session.task,
-                                 cfg.max_seq_length, cfg.eval_batch_size)
+    def start(self, metrics: dict[str, float], loss: float) -> None:
+        """Round 0, or the model a resumed run goes on from (printed only: it is logged)."""
         done = self.strategy.round_offset
-        if server_round == 0 and done:
+        if done:
             print(f"resumed after round {done}: dev {self.metric} {metrics[self.metric]:.4f}",
                   flush=True)
-        elif server_round == 0:
+        else:
             self.initial = {**metrics, "loss": loss}
             self.folder.log_initial(metrics, loss)
             print(f"round 0 (pre-trained backbone, new head): dev {self.metric} "
                   f"{metrics[self.metric]:.4f}", flush=True)
-        else:  # checkpoint first: a round in the log always has its checkpoint
-            self.folder.save_checkpoint(done + server_round, self.strategy.checkpoint(),
-                                        {"initial_metrics": self.initial})
-            self._log_round(done + server_round, metrics, loss)
-        if server_round == 0:
-            print(report.table_header(self.metric), flush=True)
-        return MetricRecord({**metrics, "loss": loss})
+        print(report.table_header(self.metric), flush=True)
 
-    def _log_round(self, server_round: int, metrics: dict[str, float], loss: float) -> None:
+    def add_round(self, server_round: int, metrics: dict[str, float], loss: float) -> None:
         traffic = self.strategy.traffic.get(server_round)
         up, down = traffic.bytes_up, traffic.bytes_down
         record = {
