@@ -76,6 +76,10 @@ STAGES: dict[str, tuple[dict, list[dict]]] = {
     "drift": ({**FEDERATED, "rounds": 10, "seed": 3}, [
         {"method": "pafi-hiwi"}, {"method": "pafi-hiwi", "lr_head": 3e-3},
         {"method": "pafi-hiwi", "lr_head": 3e-3, "lr_pafi": 3e-3, "lr_hiwi": 1e-3}]),
+    # sparse-local at PaFi's rate stayed at the majority class: its salient entries are
+    # not PaFi's small ones. Its rate, centrally (run when it trained at lr-pafi: the same).
+    "sparse-local": ({**CENTRAL, "seed": 1}, [
+        {"method": "sparse-local", "lr_sparse": lr} for lr in (1e-2, 1e-3, 1e-4)]),
     # the defaults chosen from the stages above (RunConfig's), over three more seeds, with
     # each pooler treatment
     "defaults": (FEDERATED, [{"method": "pafi-hiwi", "untrained_pooler": p, "seed": seed}

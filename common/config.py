@@ -28,7 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
 }
 MASK_INCLUDE_PARTS = ("bias", "layernorm")
-LR_GROUPS = ("pafi", "hiwi", "head", "bitfit", "lora", "full")  # a learning rate each
+LR_GROUPS = ("pafi", "hiwi", "head", "bitfit", "lora", "full", "sparse")  # a learning rate each
 FAULT_KINDS = ("crash", "nan", "wrong-length", "wrong-fingerprint", "slow")
 # A `slow` client answers round-timeout + 1 s late, holding its round for round-timeout:
 # staging it needs a round-timeout given on purpose, no longer than this.
@@ -57,6 +57,7 @@ class RunConfig:
     lr_bitfit: float = 1e-3  # bitfit's biases
     lr_lora: float = 1e-3  # LoRA factors
     lr_full: float = 1e-4  # full fine-tuning, every weight
+    lr_sparse: float = 1e-3  # sparse-local's own entries (salient, not small: not PaFi's rate)
     sparsity: float = 0.005
     mask_k: int = 0  # > 0 replaces sparsity with an absolute number of entries
     mask_scope: str = "global"

@@ -36,6 +36,7 @@ HELP = {
     "lr-hiwi": "learning rate of the HiWi adapters",
     "lr-head": "learning rate of the task head (and an untrained pooler when trained)",
     "lr-bitfit": "learning rate of bitfit's biases",
+    "lr-sparse": "learning rate of sparse-local's entries",
     "lr-lora": "learning rate of the LoRA factors",
     "lr-full": "learning rate of full fine-tuning",
     "untrained-pooler": "a pooler the checkpoint ships untrained: identity, train or keep",
