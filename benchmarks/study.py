@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import shlex
 import shutil
 import statistics
@@ -24,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.comparison import mean_std
+from common.comparison import mean_std, read_history
 from common.report import human_bytes
 
 RUNS = Path("runs/study")
@@ -135,9 +134,7 @@ def report(study: str) -> str:
 
 def _union_growth(study: str, runs: list[dict]) -> list[str]:
     """Per round: entries some client has changed, and what a client sends and receives."""
-    histories = [[json.loads(line) for line in
-                  (DOCS / study / run["run"] / "rounds.jsonl").read_text().splitlines() if line]
-                 for run in runs]
+    histories = [read_history(DOCS / study / run["run"]) for run in runs]
     lines = ["| round | union of client masks (mean over seeds) | up / client | down / client |",
              "|---:|---:|---:|---:|"]
     for records in zip(*histories):

@@ -40,14 +40,20 @@ def fedpafi(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+def simulated_run(settings: list[str], glue_dir: Path, out: Path, name: str
+                  ) -> tuple[Path, str]:
+    """One finished `fedpafi simulate` run: its folder and what it printed."""
+    done = fedpafi("simulate", *settings, "--data-dir", str(glue_dir), "--out", str(out),
+                   "--run-name", name)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out / name, done.stdout
+
+
 @pytest.fixture(scope="module")
 def run_dir(glue_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    done = fedpafi("simulate", *SETTINGS, "--data-dir", str(glue_dir), "--out", str(out),
-                   "--run-name", "it")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "upload per client per round:" in done.stdout
-    return out / "it"
+    run, stdout = simulated_run(SETTINGS, glue_dir, tmp_path_factory.mktemp("runs"), "it")
+    assert "upload per client per round:" in stdout
+    return run
 
 
 def test_run_folder_has_every_artifact(run_dir):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.test_simulation import fedpafi
+from tests.integration.test_simulation import fedpafi, simulated_run
 
 pytestmark = pytest.mark.integration
 HEAD = 384 * 2 + 2
@@ -25,12 +25,9 @@ SETTINGS = ["--method", "sparse-local", "--task", "sst2", "--num-clients", "2", 
 
 @pytest.fixture(scope="module")
 def run_dir(glue_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    done = fedpafi("simulate", *SETTINGS, "--data-dir", str(glue_dir), "--out", str(out),
-                   "--run-name", "sl")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert f"each client picks its own k={K:,}" in done.stdout
-    return out / "sl"
+    run, stdout = simulated_run(SETTINGS, glue_dir, tmp_path_factory.mktemp("runs"), "sl")
+    assert f"each client picks its own k={K:,}" in stdout
+    return run
 
 
 def test_rounds_log_the_growing_union_and_bytes_with_indices(run_dir):
