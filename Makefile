@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 GLUE_DIR ?= $(if $(wildcard ../shared/glue),$(abspath ../shared/glue),)
 export GLUE_DIR FLWR_TELEMETRY_ENABLED=0 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup demo test test-fast lint bench robustness clean
+.PHONY: setup demo test test-fast lint bench robustness docker-test clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ bench: setup
 
 robustness: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.robustness
+
+# The compose stack on a real Docker engine, end to end (root, minutes; not part of `test`).
+docker-test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m simulations.docker_check
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

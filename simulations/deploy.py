@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from simulations.services import (
     SUPERLINK_PORT,
     Service,
     compose_files,
+    named_volumes,
     services,
     supernode_name,
 )
@@ -94,11 +96,14 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def local_argv(service: Service, offset: int, certs: Path, names: set[str]) -> list[str]:
+def local_argv(service: Service, offset: int, certs: Path, names: set[str],
+               volumes: Path) -> list[str]:
     """The compose command on one host: service names become 127.0.0.1, ports move by
-    `offset`, a mounted certificate or key is read from `certs`."""
+    `offset`, a mounted certificate or key is read from `certs`, a path in a named volume
+    lies in `volumes/<name>`."""
     mounted = dict(reversed(v.split(":")[:2]) for v in service.volumes
                    if v.startswith(HOST_CERTS + "/"))
+    named = {path + "/": volumes / name for name, path in named_volumes(service)}
     argv, previous = [str(BIN / service.command[0])], ""
     for token in service.command[1:]:
         value = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", token)  # ${VAR:-default}: the default
@@ -111,6 +116,8 @@ def local_argv(service: Service, offset: int, certs: Path, names: set[str]) -> l
             value = f"127.0.0.1:{int(address[2]) + offset}"
         elif value in mounted:
             value = str(certs / Path(mounted[value]).name)
+        elif inside := next((p for p in named if value.startswith(p)), None):
+            value = str(named[inside] / value[len(inside):])
         argv.append(value)
         previous = token
     return argv
@@ -155,7 +162,7 @@ class LocalDeployment:
         planned = services(num_clients, tls)
         names = {s.name for s in planned}
         self.processes = {
-            s.name: Process(s, local_argv(s, offset, self.certs, names),
+            s.name: Process(s, local_argv(s, offset, self.certs, names, state / "volumes"),
                             s.listen_port and s.listen_port + offset,
                             state / "logs" / f"{s.name}.log")
             for s in planned
@@ -167,7 +174,11 @@ class LocalDeployment:
 
     def __enter__(self) -> LocalDeployment:
         (self.state / "logs").mkdir(parents=True, exist_ok=True)
-        self._write_connection()
+        for process in self.processes.values():
+            for name, _ in named_volumes(process.service):
+                (self.state / "volumes" / name).mkdir(parents=True, exist_ok=True)
+        ca = self.certs / "ca.crt" if self.tls else None
+        write_connection(Path(self.env["FLWR_HOME"]), CONNECTION, f"127.0.0.1:{self.base_port}", ca)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -199,16 +210,6 @@ class LocalDeployment:
                     f"port {process.port} on 127.0.0.1 ({process.name}) is in use: stop what "
                     f"holds it (an earlier deploy-local?) or pick other ports with --base-port.")
 
-    def _write_connection(self) -> None:
-        """The `flwr` connection `fedpafi-local`, as a user would add it for the containers."""
-        security = (f'root-certificates = "{self.certs / "ca.crt"}"' if self.tls
-                    else "insecure = true")
-        home = Path(self.env["FLWR_HOME"])
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.base_port}"\n{security}\n')
-
     # ---- starting -------------------------------------------------------------------
 
     def start_all(self) -> None:
@@ -218,7 +219,9 @@ class LocalDeployment:
         self.start(SUPERLINK)
         if self.tls:
             for i in range(self.num_clients):
-                self.register(i)
+                node = register_key(self.certs / f"{supernode_name(i)}.pub", CONNECTION,
+                                    self.env)
+                print(f"  registered {supernode_name(i)}.pub as node {node}", flush=True)
         rest = [name for name in self.processes if name != SUPERLINK]
         for name in rest:
             self.start(name, wait=False)
@@ -250,47 +253,17 @@ class LocalDeployment:
         where = f"ready on 127.0.0.1:{process.port}" if process.port else "started"
         print(f"  {name:<24} pid {process.popen.pid:<7} {where}", flush=True)
 
-    def register(self, index: int) -> int:
-        """Register SuperNode `index`'s public key, as `flwr supernode register` does by hand."""
-        key = self.certs / f"{supernode_name(index)}.pub"
-        done = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(key), CONNECTION],
-                              env=self.env, capture_output=True, text=True, timeout=120)
-        node = re.search(r"SuperNode (\d+) registered", done.stdout)
-        if done.returncode != 0 or not node:
-            reason = ANSI.sub("", done.stdout + done.stderr).strip().splitlines() or ["no output"]
-            raise DeployError(f"registering {key} failed: {reason[-1]}")
-        print(f"  registered {key.name} as node {node[1]}", flush=True)
-        return int(node[1])
-
     # ---- the run ---------------------------------------------------------------------
 
     def run_app(self, cfg: RunConfig) -> Path:
         """`flwr run` with every setting of `cfg`, its output streamed, the services watched."""
-        settings = self.state / "run-config.toml"
-        settings.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.to_dict().items()))
-        argv = [str(BIN / "flwr"), "run", str(PROJECT), CONNECTION, "--stream",
-                "--run-config", str(settings)]
         print(f"deploy-local: running the app: flwr run {PROJECT} {CONNECTION} --stream",
               flush=True)
-        runner = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, env=self.env, text=True,
-                                  start_new_session=True)
-        stream = _Stream(runner.stdout, cfg.verbose)
-        stream.start()
-        try:
-            while runner.poll() is None:
-                self.watch()
-                time.sleep(0.5)
-        finally:
-            if runner.poll() is None:
-                _signal_group(runner.pid, signal.SIGKILL)
-                runner.wait()
-            stream.join()
-        folder = stream.folder
-        if runner.returncode != 0 or folder is None or not (folder / "summary.json").is_file():
-            raise DeployError(f"the run did not finish (flwr run exited with code "
-                              f"{runner.returncode}); see the output above and the service "
-                              f"logs in {self.state / 'logs'}")
+        folder = flwr_run(cfg, CONNECTION, self.env, self.state, watch=self.watch,
+                          logs=self.state / "logs")
+        if not (folder / "summary.json").is_file():
+            raise DeployError(f"the run stopped before its summary ({folder}); see the output "
+                              f"above and the service logs in {self.state / 'logs'}")
         print(f"deploy-local: run finished: {folder}", flush=True)
         return folder
 
@@ -338,6 +311,60 @@ class LocalDeployment:
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+
+
+def write_connection(home: Path, name: str, address: str, ca: Path | None) -> None:
+    """A `flwr` connection in Flower's config under `home`, as a user adds one by hand
+    (`ca`: the root certificate to trust; None for an insecure connection)."""
+    security = f'root-certificates = "{ca}"' if ca else "insecure = true"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n'
+        f"{security}\n")
+
+
+def register_key(key: Path, connection: str, env: dict[str, str]) -> int | None:
+    """Register a SuperNode's public key, as `flwr supernode register` does by hand; the
+    node's id, or None when the SuperLink already holds the key (its state outlived a restart)."""
+    done = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(key), connection],
+                          env=env, capture_output=True, text=True, timeout=120)
+    said = ANSI.sub("", done.stdout + done.stderr)
+    if node := re.search(r"SuperNode (\d+) registered", said):
+        return int(node[1])
+    if "already in use" in said:
+        return None
+    reason = said.strip().splitlines() or ["no output"]
+    raise DeployError(f"registering {key} failed: {reason[-1]}")
+
+
+def flwr_run(cfg: RunConfig, connection: str, env: dict[str, str], state: Path,
+             watch: Callable[[], None] = lambda: None, logs: Path | None = None) -> Path:
+    """`flwr run` of this project with every setting of `cfg`, its output streamed; `watch`
+    runs every half second meanwhile (it may raise to end the run). Returns the run folder
+    as the ServerApp names it."""
+    settings = state / "run-config.toml"
+    settings.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.to_dict().items()))
+    argv = [str(BIN / "flwr"), "run", str(PROJECT), connection, "--stream",
+            "--run-config", str(settings)]
+    runner = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, env=env, text=True,
+                              start_new_session=True)
+    stream = _Stream(runner.stdout, cfg.verbose)
+    stream.start()
+    try:
+        while runner.poll() is None:
+            watch()
+            time.sleep(0.5)
+    finally:
+        if runner.poll() is None:
+            _signal_group(runner.pid, signal.SIGKILL)
+            runner.wait()
+        stream.join()
+    if runner.returncode != 0 or stream.folder is None:
+        where = f" and the service logs in {logs}" if logs else ""
+        raise DeployError(f"the run did not finish (flwr run exited with code "
+                          f"{runner.returncode}); see the output above{where}")
+    return stream.folder
 
 
 class _Stream(threading.Thread):

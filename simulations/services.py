@@ -21,6 +21,11 @@ HOST_CERTS = "./deploy/certs"  # written by deploy/generate_certs.sh, beside the
 CERTS = "/app/certs"  # where a container sees its certificates and key
 GLUE_VOLUME = "${GLUE_DIR:-./glue}:/data/glue:ro"  # the image sets GLUE_DIR=/data/glue
 RUNS_VOLUME = "./runs:/app/runs"  # the ServerApp writes runs/<run> in its working dir /app
+STATE_VOLUME = "superlink-state:/app/state"  # a named volume: registered nodes outlive `down`
+DATABASE = "/app/state/superlink.db"
+# Containers run as the invoking user, so run folders and mounted keys keep their owner.
+USER = "${FEDPAFI_UID:-1000}:${FEDPAFI_GID:-1000}"
+HEALTH_INTERVAL_S, HEALTH_RETRIES = 2, 60  # a service counts as up once its port accepts
 COMPOSE_FILE = "docker-compose.yml"
 TLS_COMPOSE_FILE = "docker-compose.tls.yml"
 
@@ -30,6 +35,7 @@ class Service:
     name: str
     command: tuple[str, ...]
     volumes: tuple[str, ...] = ()  # "host:container[:ro]", host paths beside the compose file
+    #                                 or a named volume ("name:container")
     ports: tuple[int, ...] = ()  # published on the host
     depends_on: tuple[str, ...] = ()
 
@@ -59,9 +65,9 @@ def services(num_clients: int, tls: bool) -> list[Service]:
     result = [
         Service(SUPERLINK, (
             "flower-superlink", *link_security, "--isolation", "process",
-            "--disable-runtime-dependency-installation",
+            "--disable-runtime-dependency-installation", "--database", DATABASE,
             "--host", "0.0.0.0", "--port", str(SUPERLINK_PORT),
-        ), volumes=_mounts(tls, ca, _cert("server.pem"), _cert("server.key")),
+        ), volumes=(STATE_VOLUME, *_mounts(tls, ca, _cert("server.pem"), _cert("server.key"))),
             ports=(SUPERLINK_PORT,)),
         Service("superexec-serverapp", (
             "flower-superexec", *client_tls, "--runtime-api-address", link,
@@ -98,7 +104,8 @@ def compose_files(num_clients: int) -> dict[str, str]:
     """`docker-compose.yml` (insecure base) and `docker-compose.tls.yml` (TLS + auth override)."""
     plain = services(num_clients, tls=False)
     secure = {s.name: s for s in services(num_clients, tls=True)}
-    base = {"name": "fedpafi", "services": {s.name: _compose_entry(s) for s in plain}}
+    base = {"services": {s.name: _compose_entry(s) for s in plain},
+            "volumes": {name: {} for s in plain for name, _ in named_volumes(s)}}
     override = {"services": {
         s.name: {"command": list(secure[s.name].command),
                  "volumes": [v for v in secure[s.name].volumes if v not in s.volumes]}
@@ -111,14 +118,29 @@ def compose_files(num_clients: int) -> dict[str, str]:
     }
 
 
+def named_volumes(service: Service) -> list[tuple[str, str]]:
+    """(volume name, container path) of the service's named volumes (not host paths)."""
+    pairs = [volume.split(":")[:2] for volume in service.volumes]
+    return [(name, path) for name, path in pairs if not name.startswith((".", "$", "/"))]
+
+
 def _compose_entry(service: Service) -> dict:
-    entry: dict = {"image": IMAGE, "build": ".", "command": list(service.command)}
+    """The service for Docker Compose: the command as deploy-local runs it, plus what only
+    containers need (user, init, restart policy, a healthcheck its dependants wait for)."""
+    entry: dict = {"image": IMAGE, "build": ".", "command": list(service.command),
+                   "user": USER, "init": True, "restart": "on-failure"}
     if service.ports:
         entry["ports"] = [f"{p}:{p}" for p in service.ports]
     if service.volumes:
         entry["volumes"] = list(service.volumes)
+    if service.listen_port:
+        probe = f"import socket; socket.create_connection(('127.0.0.1', {service.listen_port}), 2)"
+        entry["healthcheck"] = {"test": ["CMD", "python3", "-c", probe],
+                                "interval": f"{HEALTH_INTERVAL_S}s", "timeout": "3s",
+                                "retries": HEALTH_RETRIES}
     if service.depends_on:
-        entry["depends_on"] = list(service.depends_on)
+        entry["depends_on"] = {name: {"condition": "service_healthy"}
+                               for name in service.depends_on}
     return entry
 
 
@@ -127,7 +149,8 @@ def _header(num_clients: int, what: str) -> str:
         f"# fedpafi on Flower's Deployment Engine{what}, {num_clients} SuperNodes.\n"
         f"# Written by `fedpafi deploy-local --num-clients {num_clients} --write-compose .`\n"
         "# from simulations/services.py, which deploy-local runs as local processes; a test\n"
-        "# keeps this file equal to it. See README, section Deploy.\n"
+        "# keeps this file equal to it. See README, section Deploy (project name: fedpafi,\n"
+        "# `docker compose -p fedpafi ...`; compose 1.x does not read a `name:` key).\n"
     )
 
 

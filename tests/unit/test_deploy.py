@@ -65,7 +65,8 @@ def test_local_commands_are_the_compose_commands_on_one_host(certs, tmp_path):
         for compose, local in changed:  # only addresses, ports and mounted files move
             assert (compose in ("0.0.0.0", "9093", "9094", "9095")
                     or compose.startswith(("superlink:", "supernode-", "${SUPERLINK_ADDRESS"))
-                    or compose.startswith("/app/certs/") and local.startswith(str(certs)))
+                    or compose.startswith("/app/certs/") and local.startswith(str(certs))
+                    or compose.startswith("/app/state/") and local.startswith(str(tmp_path)))
     node = deployment.processes["supernode-1"]
     assert node.port == 19302
     assert node.argv[node.argv.index("--superlink") + 1] == "127.0.0.1:19300"
@@ -122,3 +123,28 @@ def test_write_compose_scales_the_supernodes(tmp_path, capsys):
     for name, text in compose_files(6).items():
         assert (tmp_path / name).read_text() == text
     assert "supernode-5" in (tmp_path / COMPOSE_FILE).read_text()
+
+
+def test_containers_wait_for_healthy_dependencies_restart_and_run_as_the_invoking_user():
+    base = yaml.safe_load(compose_files(2)[COMPOSE_FILE])
+    for name, entry in base["services"].items():
+        assert entry["user"] == "${FEDPAFI_UID:-1000}:${FEDPAFI_GID:-1000}", name
+        assert entry["restart"] == "on-failure" and entry["init"] is True, name
+        port = next((entry["command"][i + 1] for i, token in enumerate(entry["command"])
+                     if token == "--port"), None)
+        if port:  # the probe knocks on the service's own port
+            assert f"('127.0.0.1', {port})" in entry["healthcheck"]["test"][-1], name
+        for dependency, condition in entry.get("depends_on", {}).items():
+            assert condition == {"condition": "service_healthy"}, name
+            assert "healthcheck" in base["services"][dependency], (name, dependency)
+    link = base["services"]["superlink"]
+    database = link["command"][link["command"].index("--database") + 1]
+    volume, path = link["volumes"][0].split(":")
+    assert database.startswith(path + "/") and volume in base["volumes"]  # state outlives down
+
+
+def test_deploy_local_keeps_the_superlink_database_in_its_state_folder(certs, tmp_path):
+    deployment = LocalDeployment(2, tls=False, base_port=19320, certs=certs, state=tmp_path)
+    argv = deployment.processes["superlink"].argv
+    assert argv[argv.index("--database") + 1] == str(
+        tmp_path / "volumes" / "superlink-state" / "superlink.db")
