@@ -15,7 +15,10 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/fedpafi/bin:$PATH
 RUN python3 -m venv /opt/fedpafi
 COPY deploy/offline /tmp/offline
-RUN if [ -f /tmp/offline/ca-certificates.crt ]; then export PIP_CERT=/tmp/offline/ca-certificates.crt; fi; \
+# pip of this stage trusts deploy/offline's CA bundle when there is one (the file is removed
+# with the stage's pip.conf at the end, so the image keeps neither)
+RUN if [ -f /tmp/offline/ca-certificates.crt ]; \
+    then pip config --site set global.cert /tmp/offline/ca-certificates.crt; fi; \
     if ls /tmp/offline/torch-2.13.0*.whl >/dev/null 2>&1; \
     then pip install --find-links /tmp/offline torch==2.13.0; \
     else pip install torch==2.13.0 --index-url "${TORCH_INDEX}"; fi
@@ -28,14 +31,13 @@ COPY pyproject.toml ./
 RUN touch README.md && python3 -c "import pathlib, tomllib; \
 [pathlib.Path(p.replace('.', '/')).mkdir(parents=True) for p in \
  tomllib.load(open('pyproject.toml', 'rb'))['tool']['setuptools']['packages']]" && \
-    if [ -f /tmp/offline/ca-certificates.crt ]; then export PIP_CERT=/tmp/offline/ca-certificates.crt; fi; \
     pip install . && rm -rf /src/*/
 COPY README.md ./
 COPY common ./common
 COPY server ./server
 COPY client ./client
 COPY simulations ./simulations
-RUN pip install --no-deps --force-reinstall . && \
+RUN pip install --no-deps --force-reinstall . && rm -f /opt/fedpafi/pip.conf && \
     find /opt/fedpafi -name __pycache__ -prune -exec rm -rf {} +
 
 # ---- run: the base and the environment, nothing else ----
