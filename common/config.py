@@ -31,7 +31,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 MASK_INCLUDE_PARTS = ("bias", "layernorm")
 LR_GROUPS = ("pafi", "hiwi", "head", "bitfit", "lora", "full", "sparse")  # a learning rate each
-FAULT_KINDS = ("crash", "nan", "wrong-length", "wrong-fingerprint", "slow")
+# Faults that cost the server a reply: refused with a reason, or never arriving. They are
+# the default kinds; `poison` is opt-in, as the server accepts it (that is its point).
+FAILURE_KINDS = ("crash", "nan", "wrong-length", "wrong-fingerprint", "slow")
+FAULT_KINDS = (*FAILURE_KINDS, "poison")
+# A `poison` client sends its honest update times this: finite and well-formed, so it
+# passes validation, and ten times larger than an honest update, so one poisoner of four
+# turns FedAvg's mean around ((3 - 10) / 4 of an honest update) while a median ignores it.
+POISON_SCALE = -10.0
 # A `slow` client answers round-timeout + 1 s late, holding its round for round-timeout:
 # staging it needs a round-timeout given on purpose, no longer than this.
 SLOW_FAULT_MAX_TIMEOUT = 600.0
@@ -97,7 +104,8 @@ class RunConfig:
     max_update_norm: float = 0.0  # > 0: refuse updates with a larger L2 norm
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
     fault_rate: float = 0.0  # simulations: share of client rounds that misbehave on purpose
-    fault_kinds: str = ",".join(FAULT_KINDS)
+    fault_kinds: str = ",".join(FAILURE_KINDS)
+    poison_fraction: float = 0.0  # simulations: share of clients that poison, every round
     verbose: bool = False
 
     # ---- conversions -------------------------------------------------------------
@@ -155,6 +163,13 @@ class RunConfig:
     @property
     def fault_kind_list(self) -> tuple[str, ...]:
         return tuple(k.strip() for k in self.fault_kinds.split(",") if k.strip())
+
+    @property
+    def poisoning_clients(self) -> int:
+        """How many clients poison: partitions 0 to this - 1, in every round they train.
+        The first ids rather than a seeded draw: the partitions are a seeded shuffle already,
+        and a 20% run's poisoners include the 10% run's, so the levels nest."""
+        return round(self.poison_fraction * self.num_clients)
 
     # ---- validation --------------------------------------------------------------
 
@@ -223,8 +238,22 @@ class RunConfig:
                 raise ConfigError(f"{_kebab(name)} is in [0, 1), got {getattr(self, name)}.")
         if not self.iid and self.alpha <= 0:
             raise ConfigError(f"alpha must be > 0 (or use iid), got {self.alpha}.")
+        self._validate_poisoning()
         self._validate_aggregator()
         return self
+
+    def _validate_poisoning(self) -> None:
+        """A whole number of poisoners: a study's "10%" must be exactly that many clients."""
+        if not 0 <= self.poison_fraction <= 1:
+            raise ConfigError(f"poison-fraction is a fraction in [0, 1], got "
+                              f"{self.poison_fraction}.")
+        count = self.poison_fraction * self.num_clients
+        if abs(count - round(count)) > 1e-9:
+            raise ConfigError(
+                f"poison-fraction {self.poison_fraction:g} of {self.num_clients} clients is "
+                f"{count:g} clients; give a multiple of 1/{self.num_clients}, e.g. "
+                f"{max(1, int(count)) / self.num_clients:g}."
+            )
 
     def _validate_aggregator(self) -> None:
         """The robust rules' own limits, against the clients sampled per round."""

@@ -68,6 +68,11 @@ def test_validation_names_the_setting_and_allowed_values(values, message):
      "give at most 4."),
     ({"krum-malicious": -1}, "krum-malicious must be >= 0, got -1."),
     ({"krum-keep": 0}, "krum-keep must be > 0, got 0."),
+    ({"poison-fraction": 1.5}, "poison-fraction is a fraction in [0, 1], got 1.5."),
+    ({"poison-fraction": 0.1}, "poison-fraction 0.1 of 4 clients is 0.4 clients; give a multiple "
+                               "of 1/4, e.g. 0.25."),
+    ({"fault-kinds": "poison,meteor"}, "Unknown fault-kinds 'meteor'. Allowed: crash, nan, "
+                                       "wrong-length, wrong-fingerprint, slow, poison."),
 ])
 def test_robust_settings_a_rule_cannot_use_are_refused_naming_the_fix(values, message):
     with pytest.raises(ConfigError) as refused:
@@ -81,9 +86,16 @@ def test_robust_settings_a_rule_cannot_use_are_refused_naming_the_fix(values, me
     {"aggregator": "trimmed-mean", "num-clients": 10},  # cuts 2 of 10 from each end
     {"aggregator": "trimmed-mean", "trimmed-fraction": 0.0},  # the plain mean, on purpose
     {"aggregator": "median"},
+    {"aggregator": "median", "poison-fraction": 0.25},
 ])
 def test_robust_settings_that_a_rule_can_use_are_accepted(values):
     RunConfig.from_mapping(values).validate()
+
+
+def test_poisoners_are_a_whole_number_of_clients():
+    assert RunConfig(num_clients=10, poison_fraction=0.2).validate().poisoning_clients == 2
+    assert RunConfig(num_clients=10, poison_fraction=0.3).validate().poisoning_clients == 3
+    assert RunConfig().poisoning_clients == 0
 
 
 def test_unknown_setting_and_bad_type_are_clear():
