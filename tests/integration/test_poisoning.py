@@ -71,7 +71,7 @@ def server_process(monkeypatch):
 
 
 def test_median_keeps_learning_with_one_poisoning_client(tiny_model_dir, glue_dir, tmp_path,
-                                                         server_process, monkeypatch):
+                                                         server_process, monkeypatch, capsys):
     cfg = RunConfig(model=str(tiny_model_dir), method="full", lr=3e-3, task="sst2",
                     num_clients=CLIENTS, iid=True, rounds=3, local_steps=80,
                     max_seq_length=64, eval_max_examples=DEV_EXAMPLES, seed=1,
@@ -87,6 +87,8 @@ def test_median_keeps_learning_with_one_poisoning_client(tiny_model_dir, glue_di
 
     monkeypatch.setattr(server.strategy, "aggregate", spy)
     run = serve(ClientGrid(CLIENTS), cfg)
+    assert ("aggregator median; poisoning partitions 0 (of 4) send -10 x their update every "
+            "round" in capsys.readouterr().out)
 
     rounds = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
     assert [len(r["clients"]) for r in rounds] == [CLIENTS] * 3  # the poisoner's accepted
