@@ -1,11 +1,16 @@
-"""Faults staged on purpose (--fault-rate), to study what a server survives.
+"""Faults staged on purpose (--fault-rate, --poison-fraction), to study what a server survives.
 
 A Flower client mod around the ClientApp's train handler, so the handler stays
-train-and-reply: `inject_faults` draws this client round's fault and stages it around the
+train-and-reply: `inject_faults` picks this client round's fault and stages it around the
 handler. Which client round misbehaves, and how, is drawn from (seed, round, partition), so
 a faulty run is as reproducible as a clean one. The faults mimic real failures: a client
 that dies (`crash`), diverges (`nan`), sends a truncated vector (`wrong-length`), runs
 another mask (`wrong-fingerprint`) or answers after the server stopped waiting (`slow`).
+One mimics an attacker: `poison` sends its honest update times POISON_SCALE, well-formed
+and finite, so validation accepts it and only the aggregator can limit it. The first
+`poison-fraction` of the clients poison in every round they train, as attackers that
+control whole clients do; `--fault-kinds poison` with `--fault-rate` draws poisoned client
+rounds instead, like any other fault.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from common import protocol as p
 from common.codecs import CODECS
-from common.config import RunConfig
+from common.config import POISON_SCALE, RunConfig
 from common.updates import VALUES
 
 
@@ -28,6 +33,8 @@ class InjectedCrash(RuntimeError):
 
 def pick_fault(cfg: RunConfig, server_round: int, partition_id: int) -> str | None:
     """The fault this client round stages, or None for a normal round."""
+    if partition_id < cfg.poisoning_clients:
+        return "poison"
     if not cfg.fault_rate:
         return None
     rng = np.random.default_rng([cfg.seed, server_round, partition_id, 0xFA17])
@@ -62,8 +69,11 @@ def corrupt(kind: str, reply: RecordDict) -> None:
         info[p.FINGERPRINT] = "0" * 64
     elif kind == "wrong-length":  # one value short
         update[VALUES] = Array(values[:-1])
-    elif kind == "nan":  # the first value diverged
+    elif kind in ("nan", "poison"):
         codec = CODECS[str(info[p.CODEC])]
         decoded = codec.decode(values, codec.count(values.size))
-        decoded[0] = float("nan")
+        if kind == "nan":  # the first value diverged
+            decoded[0] = float("nan")
+        else:  # scaled and sign-flipped: as well-formed as the honest update
+            decoded *= POISON_SCALE
         update[VALUES] = Array(codec.encode(decoded))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -25,11 +26,19 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "hiwi_sync": ("merged", "adapter"),
     "untrained_pooler": ("identity", "train", "keep"),
     "server_opt": ("fedavg", "fedadam", "fedyogi"),
+    "aggregator": ("fedavg", "median", "trimmed-mean", "krum"),
     "device": ("auto", "cpu", "cuda"),
 }
 MASK_INCLUDE_PARTS = ("bias", "layernorm")
 LR_GROUPS = ("pafi", "hiwi", "head", "bitfit", "lora", "full", "sparse")  # a learning rate each
-FAULT_KINDS = ("crash", "nan", "wrong-length", "wrong-fingerprint", "slow")
+# Faults that cost the server a reply: refused with a reason, or never arriving. They are
+# the default kinds; `poison` is opt-in, as the server accepts it (that is its point).
+FAILURE_KINDS = ("crash", "nan", "wrong-length", "wrong-fingerprint", "slow")
+FAULT_KINDS = (*FAILURE_KINDS, "poison")
+# A `poison` client sends its honest update times this: finite and well-formed, so it
+# passes validation, and ten times larger than an honest update, so one poisoner of four
+# turns FedAvg's mean around ((3 - 10) / 4 of an honest update) while a median ignores it.
+POISON_SCALE = -10.0
 # A `slow` client answers round-timeout + 1 s late, holding its round for round-timeout:
 # staging it needs a round-timeout given on purpose, no longer than this.
 SLOW_FAULT_MAX_TIMEOUT = 600.0
@@ -77,6 +86,10 @@ class RunConfig:
     server_beta1: float = 0.9
     server_beta2: float = 0.99
     server_tau: float = 0.0  # adaptivity floor; 0: a tenth of the server step
+    aggregator: str = "fedavg"  # how the updates combine (common.aggregators)
+    trimmed_fraction: float = 0.2  # trimmed-mean: share cut from each end, Flower's beta
+    krum_malicious: int = 0  # krum: clients assumed malicious (f), Flower's default
+    krum_keep: int = 1  # krum: updates kept and averaged; 1 is Krum, more is Multi-Krum
     seed: int = 42
     model: str = DEFAULT_MODEL
     data_dir: str = ""  # empty: $GLUE_DIR, else the Hugging Face hub
@@ -91,7 +104,8 @@ class RunConfig:
     max_update_norm: float = 0.0  # > 0: refuse updates with a larger L2 norm
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
     fault_rate: float = 0.0  # simulations: share of client rounds that misbehave on purpose
-    fault_kinds: str = ",".join(FAULT_KINDS)
+    fault_kinds: str = ",".join(FAILURE_KINDS)
+    poison_fraction: float = 0.0  # simulations: share of clients that poison, every round
     verbose: bool = False
 
     # ---- conversions -------------------------------------------------------------
@@ -149,6 +163,13 @@ class RunConfig:
     @property
     def fault_kind_list(self) -> tuple[str, ...]:
         return tuple(k.strip() for k in self.fault_kinds.split(",") if k.strip())
+
+    @property
+    def poisoning_clients(self) -> int:
+        """How many clients poison: partitions 0 to this - 1, in every round they train.
+        The first ids rather than a seeded draw: the partitions are a seeded shuffle already,
+        and a 20% run's poisoners include the 10% run's, so the levels nest."""
+        return round(self.poison_fraction * self.num_clients)
 
     # ---- validation --------------------------------------------------------------
 
@@ -209,7 +230,7 @@ class RunConfig:
         for name in LR_GROUPS:
             _positive(f"lr-{name}", getattr(self, f"lr_{name}"))
         for name in ("mask_k", "eval_max_examples", "lr", "client_cpus", "client_gpus",
-                     "max_update_norm", "server_lr", "server_tau"):
+                     "max_update_norm", "server_lr", "server_tau", "krum_malicious"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_kebab(name)} must be >= 0, got {getattr(self, name)}.")
         for name in ("server_beta1", "server_beta2"):
@@ -217,7 +238,48 @@ class RunConfig:
                 raise ConfigError(f"{_kebab(name)} is in [0, 1), got {getattr(self, name)}.")
         if not self.iid and self.alpha <= 0:
             raise ConfigError(f"alpha must be > 0 (or use iid), got {self.alpha}.")
+        self._validate_poisoning()
+        self._validate_aggregator()
         return self
+
+    def _validate_poisoning(self) -> None:
+        """A whole number of poisoners: a study's "10%" must be exactly that many clients."""
+        if not 0 <= self.poison_fraction <= 1:
+            raise ConfigError(f"poison-fraction is a fraction in [0, 1], got "
+                              f"{self.poison_fraction}.")
+        count = self.poison_fraction * self.num_clients
+        if abs(count - round(count)) > 1e-9:
+            raise ConfigError(
+                f"poison-fraction {self.poison_fraction:g} of {self.num_clients} clients is "
+                f"{count:g} clients; give a multiple of 1/{self.num_clients}, e.g. "
+                f"{max(1, int(count)) / self.num_clients:g}."
+            )
+
+    def _validate_aggregator(self) -> None:
+        """The robust rules' own limits, against the clients sampled per round."""
+        n, f = self.sampled_clients, self.krum_malicious
+        if not 0 <= self.trimmed_fraction < 0.5:
+            raise ConfigError(f"trimmed-fraction is the share cut from each end, in [0, 0.5), "
+                              f"got {self.trimmed_fraction}.")
+        _positive("krum-keep", self.krum_keep)
+        if (self.aggregator == "trimmed-mean" and self.trimmed_fraction
+                and int(self.trimmed_fraction * n) == 0):  # Flower's cut: int(beta x n)
+            fix = (f"give at least {math.ceil(100 / n) / 100:g}" if n >= 3 else
+                   "sample 3 or more clients, or use median")
+            raise ConfigError(
+                f"trimmed-fraction {self.trimmed_fraction:g} of {n} clients per round trims "
+                f"none (int({self.trimmed_fraction:g} x {n}) = 0 from each end); {fix}."
+            )
+        if self.aggregator == "krum" and n <= 2 * f + 2:
+            raise ConfigError(
+                f"krum with krum-malicious {f} needs more than 2 x {f} + 2 = {2 * f + 2} "
+                f"clients per round, got {n}; sample more clients or lower krum-malicious."
+            )
+        if self.aggregator == "krum" and self.krum_keep > n - f:
+            raise ConfigError(
+                f"krum-keep {self.krum_keep} exceeds the clients per round that may be honest "
+                f"({n} - krum-malicious {f} = {n - f}); give at most {n - f}."
+            )
 
 
 def _kebab(name: str) -> str:

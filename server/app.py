@@ -15,7 +15,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common import plots, report
-from common.config import RunConfig
+from common.config import POISON_SCALE, RunConfig
 from common.export import save_checkpoint, save_update
 from common.glue import format_histogram, histogram_labels, label_histogram, load_split, partition
 from common.run_folder import RunFolder
@@ -76,7 +76,8 @@ def play_round(grid: Grid, strategy: FedPafiStrategy, folder: RunFolder, log: Ro
 
 
 def _describe(session: Session) -> None:
-    """What a user needs to trust the run: the update's size (loud when large), the mask."""
+    """What a user needs to trust the run: the update's size (loud when large), the mask,
+    a robust aggregator and the clients that poison on purpose."""
     method, cfg = session.method, session.cfg
     line = report.update_size(cfg.method, method.num_values(), method.full_values,
                               session.codec.label)
@@ -89,6 +90,11 @@ def _describe(session: Session) -> None:
     print(line, flush=True)
     if warning := report.large_update_warning(cfg.method, method.num_values(), method.full_values):
         print(warning, flush=True)
+    if cfg.aggregator != "fedavg" or cfg.poisoning_clients:
+        ids = ", ".join(map(str, range(cfg.poisoning_clients)))
+        poisoners = (f"; poisoning partitions {ids} (of {cfg.num_clients}) send "
+                     f"{POISON_SCALE:g} x their update every round" if ids else "")
+        print(f"aggregator {cfg.aggregator}{poisoners}", flush=True)
 
 
 def _show_partitions(session: Session, folder: RunFolder) -> None:

@@ -3,9 +3,10 @@ their replies in the method's update space, evaluate the global model, count the
 
 Flower's FedAvg averages whole ArrayRecords; here replies are encoded updates (fp16,
 int8, ...) that must be decoded and checked first, so `aggregate_train` is replaced: the
-example-weighted mean update goes to the server optimizer (FedAvg, FedAdam or FedYogi in
-the method's layout, `common.server_opt`). The ServerApp (`server/app.py`) calls these
-steps in the order of the algorithm, one round after the other.
+valid updates combine by `--aggregator` (the example-weighted mean, or a robust rule,
+`common.aggregators`) and the result goes to the server optimizer (FedAvg, FedAdam or
+FedYogi in the method's layout, `common.server_opt`). The ServerApp (`server/app.py`)
+calls these steps in the order of the algorithm, one round after the other.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from common import protocol as p
+from common.aggregators import aggregate
 from common.errors import FedPafiError
 from common.server_opt import server_optimizer_for
 from common.session import Session
 from common.train import evaluate
-from common.updates import INDICES, State, decode_update, pack_state, weighted_mean
+from common.updates import INDICES, State, decode_update, pack_state
 from server.traffic import message_bytes
 
 
@@ -201,8 +203,8 @@ class FedPafiStrategy(FedAvg):
         accepted.sort(key=lambda r: r.partition_id)  # a fixed summation order
         traffic.clients = [r.node_id for r in accepted]
         weights = [r.num_examples for r in accepted]
-        mean = weighted_mean([r.update for r in accepted], weights)
-        self.state = self.optimizer.step(self.state, mean, server_round)
+        combined = aggregate(self.session.cfg, [r.update for r in accepted], weights)
+        self.state = self.optimizer.step(self.state, combined, server_round)
         traffic.train_loss = sum(r.num_examples * r.loss for r in accepted) / sum(weights)
         return self.global_arrays(), MetricRecord({"train-loss": traffic.train_loss})
 

@@ -19,7 +19,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
-from common.config import RunConfig  # noqa: E402
+from common.config import POISON_SCALE, RunConfig  # noqa: E402
 from common.errors import FedPafiError  # noqa: E402
 from simulations import deploy  # noqa: E402
 
@@ -52,6 +52,13 @@ HELP = {
     "server-opt": "fedavg, fedadam, fedyogi (compare: a comma list)",
     "server-lr": "fedadam/fedyogi step size (0: each part's own learning rate)",
     "server-tau": "fedadam/fedyogi adaptivity floor (0: server-lr / 10)",
+    "aggregator": "how updates combine: fedavg, median, trimmed-mean, krum",
+    "trimmed-fraction": "trimmed-mean: share of clients cut from each end, in [0, 0.5)",
+    "krum-malicious": "krum: clients assumed malicious (f); needs more than 2f + 2 per round",
+    "krum-keep": "krum: updates kept (1: Krum; more: Multi-Krum, their mean by examples)",
+    "fault-kinds": "comma list of crash, nan, wrong-length, wrong-fingerprint, slow, poison",
+    "poison-fraction": f"share of clients (the first partitions) that send {POISON_SCALE:g} x "
+                       f"their update",
     "model": "backbone: all-MiniLM-L6-v2 (offline), a HF id or a local folder",
     "data-dir": "classic GLUE folder (default: $GLUE_DIR, else the HF hub)",
     "eval-max-examples": "dev examples evaluated each round (0: all)",

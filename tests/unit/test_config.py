@@ -49,6 +49,55 @@ def test_validation_names_the_setting_and_allowed_values(values, message):
         RunConfig.from_mapping(values).validate()
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"aggregator": "mean"}, "Unknown aggregator 'mean'. Allowed: fedavg, median, trimmed-mean, "
+                             "krum."),
+    ({"trimmed-fraction": 0.5}, "trimmed-fraction is the share cut from each end, in [0, 0.5), "
+                                "got 0.5."),
+    ({"aggregator": "trimmed-mean"}, "trimmed-fraction 0.2 of 4 clients per round trims none "
+                                     "(int(0.2 x 4) = 0 from each end); give at least 0.25."),
+    ({"aggregator": "trimmed-mean", "num-clients": 2, "trimmed-fraction": 0.4},
+     "trims none (int(0.4 x 2) = 0 from each end); sample 3 or more clients, or use median."),
+    ({"aggregator": "krum", "krum-malicious": 1},
+     "krum with krum-malicious 1 needs more than 2 x 1 + 2 = 4 clients per round, got 4; "
+     "sample more clients or lower krum-malicious."),
+    ({"aggregator": "krum", "num-clients": 10, "clients-per-round": 6, "krum-malicious": 2},
+     "needs more than 2 x 2 + 2 = 6 clients per round, got 6"),
+    ({"aggregator": "krum", "krum-keep": 5},
+     "krum-keep 5 exceeds the clients per round that may be honest (4 - krum-malicious 0 = 4); "
+     "give at most 4."),
+    ({"krum-malicious": -1}, "krum-malicious must be >= 0, got -1."),
+    ({"krum-keep": 0}, "krum-keep must be > 0, got 0."),
+    ({"poison-fraction": 1.5}, "poison-fraction is a fraction in [0, 1], got 1.5."),
+    ({"poison-fraction": 0.1}, "poison-fraction 0.1 of 4 clients is 0.4 clients; give a multiple "
+                               "of 1/4, e.g. 0.25."),
+    ({"fault-kinds": "poison,meteor"}, "Unknown fault-kinds 'meteor'. Allowed: crash, nan, "
+                                       "wrong-length, wrong-fingerprint, slow, poison."),
+])
+def test_robust_settings_a_rule_cannot_use_are_refused_naming_the_fix(values, message):
+    with pytest.raises(ConfigError) as refused:
+        RunConfig.from_mapping(values).validate()
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("values", [
+    {"aggregator": "krum"},  # f = 0: 4 > 2 clients a round
+    {"aggregator": "krum", "num-clients": 10, "krum-malicious": 2, "krum-keep": 8},
+    {"aggregator": "trimmed-mean", "num-clients": 10},  # cuts 2 of 10 from each end
+    {"aggregator": "trimmed-mean", "trimmed-fraction": 0.0},  # the plain mean, on purpose
+    {"aggregator": "median"},
+    {"aggregator": "median", "poison-fraction": 0.25},
+])
+def test_robust_settings_that_a_rule_can_use_are_accepted(values):
+    RunConfig.from_mapping(values).validate()
+
+
+def test_poisoners_are_a_whole_number_of_clients():
+    assert RunConfig(num_clients=10, poison_fraction=0.2).validate().poisoning_clients == 2
+    assert RunConfig(num_clients=10, poison_fraction=0.3).validate().poisoning_clients == 3
+    assert RunConfig().poisoning_clients == 0
+
+
 def test_unknown_setting_and_bad_type_are_clear():
     with pytest.raises(ConfigError, match="Unknown setting 'round'"):
         RunConfig.from_mapping({"round": 3})

@@ -14,7 +14,7 @@ from client.app import app as client_app
 from client.app import reply_record
 from client.faults import InjectedCrash, corrupt, pick_fault
 from common import protocol as p
-from common.config import FAULT_KINDS, RunConfig
+from common.config import FAILURE_KINDS, FAULT_KINDS, POISON_SCALE, RunConfig
 from common.errors import FedPafiError
 from common.session import Session
 from common.train import TrainResult
@@ -29,7 +29,7 @@ def test_faults_are_drawn_reproducibly_at_the_asked_rate():
     draws = [pick_fault(cfg, r, p) for r in range(1, 201) for p in range(10)]
     assert draws == [pick_fault(cfg, r, p) for r in range(1, 201) for p in range(10)]
     assert 0.26 < sum(d is not None for d in draws) / len(draws) < 0.34
-    assert {d for d in draws if d} == set(FAULT_KINDS)
+    assert {d for d in draws if d} == set(FAILURE_KINDS)  # poison only when named
     assert all(pick_fault(RunConfig(), r, 0) is None for r in range(50))
     only_nan = RunConfig(fault_rate=1.0, fault_kinds="nan")
     assert {pick_fault(only_nan, r, 0) for r in range(20)} == {"nan"}
@@ -137,3 +137,58 @@ def test_the_fault_mod_stages_its_fault_around_the_untouched_handler(strategy, m
             strategy._validated(reply)
     else:
         strategy._validated(reply)
+
+
+def test_the_first_partitions_poison_in_every_round_and_the_levels_nest():
+    cfg = RunConfig(num_clients=10, poison_fraction=0.2, fault_rate=0.3, seed=3)
+    for server_round in range(1, 30):
+        staged = [pick_fault(cfg, server_round, pid) for pid in range(10)]
+        assert staged[:2] == ["poison", "poison"]
+        assert "poison" not in staged[2:]  # the others draw their faults as before
+        assert staged[2:] == [pick_fault(cfg.replace(poison_fraction=0.0), server_round, pid)
+                              for pid in range(2, 10)]
+    tenth = cfg.replace(poison_fraction=0.1, fault_rate=0.0)
+    assert [pick_fault(tenth, 1, pid) for pid in range(10)] == ["poison"] + [None] * 9
+
+
+@pytest.mark.parametrize("codec", ["fp32", "int8"])
+def test_a_poisoned_reply_is_the_flipped_scaled_update_and_passes_validation(tiny_model_dir,
+                                                                             codec):
+    cfg = RunConfig(model=str(tiny_model_dir), sparsity=0.05, num_clients=3, codec=codec)
+    strategy = FedPafiStrategy(Session.build(cfg))
+    gen = torch.Generator().manual_seed(0)
+    honest = {k: torch.randn(v.shape, generator=gen) * 0.01
+              for k, v in strategy.state.items()}
+    record = reply_record(strategy.session, honest, RESULT, 0)
+    corrupt("poison", record)
+    accepted = strategy._validated(standalone_reply(record))  # raises if it were refused
+    for key, value in accepted.update.items():
+        assert torch.isfinite(value).all()
+        # int8: one scale per 4096 values, so within half a step of the scaled update
+        tolerance = 0 if codec == "fp32" else 10 * honest[key].abs().max() / 127
+        torch.testing.assert_close(value, POISON_SCALE * honest[key], rtol=0,
+                                   atol=float(tolerance) + 1e-7)
+
+
+@pytest.mark.parametrize("aggregator, server_opt, sign", [
+    ("fedavg", "fedavg", -1),  # (3 x 0.01 - 10 x 0.01) / 4: the poisoner wins
+    ("median", "fedavg", 1),
+    ("fedavg", "fedadam", -1),
+    ("median", "fedadam", 1),  # FedAdam steps on the median: the honest direction
+])
+def test_one_poisoner_of_four_moves_the_model_unless_the_aggregator_is_robust(
+        tiny_model_dir, aggregator, server_opt, sign):
+    cfg = RunConfig(model=str(tiny_model_dir), sparsity=0.05, num_clients=4,
+                    aggregator=aggregator, server_opt=server_opt)
+    strategy = FedPafiStrategy(Session.build(cfg))
+    before = {k: v.clone() for k, v in strategy.state.items()}
+    replies = [_reply(strategy, "poison" if pid == 0 else None, partition=pid)
+               for pid in range(4)]
+    strategy.aggregate_train(1, replies)
+    assert strategy.traffic[1].rejected == [] and len(strategy.traffic[1].clients) == 4
+    for key, value in strategy.state.items():
+        moved = value - before[key]
+        assert (torch.sign(moved) == sign).all(), key
+        if server_opt == "fedavg":
+            torch.testing.assert_close(moved, torch.full_like(moved, 0.01 if sign > 0
+                                                              else -0.0175))

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # what the server's validation path and anything that only handles settings or states needs
 LEAVES = ("common.errors", "common.protocol", "common.config", "common.codecs",
-          "common.updates", "common.server_opt")
+          "common.updates", "common.server_opt", "common.aggregators")
 HEAVY = ("peft", "transformers", "flwr", "datasets")
 
 
