@@ -258,6 +258,12 @@ class RunConfig:
     def _validate_aggregator(self) -> None:
         """The robust rules' own limits, against the clients sampled per round."""
         n, f = self.sampled_clients, self.krum_malicious
+        if self.aggregator != "fedavg" and self.method == "sparse-local":
+            raise ConfigError(
+                f"{self.aggregator} compares the clients' values entry by entry, but "
+                "sparse-local's clients send different entries (zeros elsewhere, so a median "
+                "would be mostly zeros); use a shared-mask method such as pafi, or fedavg."
+            )
         if not 0 <= self.trimmed_fraction < 0.5:
             raise ConfigError(f"trimmed-fraction is the share cut from each end, in [0, 0.5), "
                               f"got {self.trimmed_fraction}.")

@@ -66,6 +66,9 @@ def test_validation_names_the_setting_and_allowed_values(values, message):
     ({"aggregator": "krum", "krum-keep": 5},
      "krum-keep 5 exceeds the clients per round that may be honest (4 - krum-malicious 0 = 4); "
      "give at most 4."),
+    ({"aggregator": "median", "method": "sparse-local"},
+     "median compares the clients' values entry by entry, but sparse-local's clients send "
+     "different entries"),
     ({"krum-malicious": -1}, "krum-malicious must be >= 0, got -1."),
     ({"krum-keep": 0}, "krum-keep must be > 0, got 0."),
     ({"poison-fraction": 1.5}, "poison-fraction is a fraction in [0, 1], got 1.5."),
