@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.comparison import mean_std, read_history
+from common.comparison import VARIED_KEYS, mean_std, read_history
 from common.report import human_bytes
 
 RUNS = Path("runs/study")
@@ -49,6 +49,10 @@ STUDIES: dict[str, tuple[str, ...]] = {
                      "--server-opt", "fedadam"),
     "sst2-int8": ("--task", "sst2", "--alpha", "0.5", "--methods", "pafi-hiwi",
                   "--codec", "int8"),
+    # issue 11: 0, 1 or 2 of 10 clients send -10 x their update, under each aggregator
+    "poisoning": ("--task", "sst2", "--alpha", "0.5", "--num-clients", "10", "--methods",
+                  "pafi-hiwi", "--aggregator", "fedavg,median,trimmed-mean,krum",
+                  "--poison-fraction", "0,0.1,0.2", "--krum-malicious", "2"),
 }
 KEPT = ("comparison.csv", "comparison.md", "*.png")
 KEPT_PER_RUN = ("config.json", "summary.json", "rounds.jsonl", "*.png")
@@ -82,7 +86,7 @@ def _rows(study: str) -> list[dict]:
 def _by(rows: list[dict], key: str) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for row in rows:
-        out.setdefault(row[key], []).append(row)
+        out.setdefault(row.get(key, ""), []).append(row)  # "": a table older than the key
     return out
 
 
@@ -115,7 +119,7 @@ def report(study: str) -> str:
             up = statistics.fmean(float(r["upload_per_client_per_round"]) for r in group)
             lines.append(f"| {method} | {_pm(gaps, 100)} | {full_up / up:,.0f}x fewer |")
         lines.append("")
-    for name in ("mask_criterion", "sparsity"):
+    for name in VARIED_KEYS:
         values = _by(rows, name)
         if len(values) > 1:
             lines += [f"| {name.replace('_', ' ')} | final (mean ± std) | per seed |",

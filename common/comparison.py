@@ -18,8 +18,11 @@ from pathlib import Path
 
 from common.report import human_bytes
 
+# settings a comparison may vary beside method, codec and server optimizer: a column each
+# when they do
+VARIED_KEYS = ("mask_criterion", "sparsity", "aggregator", "poison_fraction")
 # what identifies a run apart from its seed: runs equal on these are averaged over seeds
-GROUP_KEYS = ("method", "codec", "server_opt", "mask_criterion", "sparsity")
+GROUP_KEYS = ("method", "codec", "server_opt", *VARIED_KEYS)
 COLUMNS = (*GROUP_KEYS, "seed", "trainable_parameters", "values_per_update", "metric",
            "initial", "final", "best", "best_round", "upload_per_client_per_round",
            "download_per_client_per_round", "total_mb", "wall_s", "target", "target_round",
@@ -45,6 +48,9 @@ def row_from_run(run: Path) -> dict:
         "server_opt": summary["server_opt"],
         "mask_criterion": config["mask-criterion"],
         "sparsity": config["sparsity"],
+        # runs made before these settings existed had their defaults
+        "aggregator": config.get("aggregator", "fedavg"),
+        "poison_fraction": config.get("poison-fraction", 0.0),
         "seed": config["seed"],
         "trainable_parameters": summary["trainable_parameters"],
         "values_per_update": summary["values_per_update"],
@@ -134,11 +140,11 @@ def _or_dash(value: float | None, form: str) -> str:
 
 
 def markdown_table(rows: list[dict], varied: tuple[str, ...] = (), target_note: str = "") -> str:
-    """Mean ± std over seeds per variant; `varied` adds the mask-criterion/sparsity columns."""
+    """Mean ± std over seeds per variant; `varied` adds a column per varied setting."""
     if not rows:
         return "(no finished runs)"
     metric = rows[0]["metric"]
-    extra = [key for key in ("mask_criterion", "sparsity") if key in varied]
+    extra = [key for key in VARIED_KEYS if key in varied]
     header = (["method", "codec", "server", *[k.replace("_", " ") for k in extra], "seeds",
                "trainable params", "values sent", f"dev {metric} round 0", "final", "best",
                "upload / client / round", "download / client / round", "total MB",

@@ -52,13 +52,14 @@ HELP = {
     "server-opt": "fedavg, fedadam, fedyogi (compare: a comma list)",
     "server-lr": "fedadam/fedyogi step size (0: each part's own learning rate)",
     "server-tau": "fedadam/fedyogi adaptivity floor (0: server-lr / 10)",
-    "aggregator": "how updates combine: fedavg, median, trimmed-mean, krum",
+    "aggregator": "how updates combine: fedavg, median, trimmed-mean, krum (compare: a comma "
+                  "list)",
     "trimmed-fraction": "trimmed-mean: share of clients cut from each end, in [0, 0.5)",
     "krum-malicious": "krum: clients assumed malicious (f); needs more than 2f + 2 per round",
     "krum-keep": "krum: updates kept (1: Krum; more: Multi-Krum, their mean by examples)",
     "fault-kinds": "comma list of crash, nan, wrong-length, wrong-fingerprint, slow, poison",
     "poison-fraction": f"share of clients (the first partitions) that send {POISON_SCALE:g} x "
-                       f"their update",
+                       f"their update (compare: a comma list)",
     "model": "backbone: all-MiniLM-L6-v2 (offline), a HF id or a local folder",
     "data-dir": "classic GLUE folder (default: $GLUE_DIR, else the HF hub)",
     "eval-max-examples": "dev examples evaluated each round (0: all)",

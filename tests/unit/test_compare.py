@@ -173,3 +173,31 @@ def test_compare_lr_names_its_methods_and_a_bare_rate_is_refused(tmp_path, capsy
     rates = {run: json.loads((folder / run / "config.json").read_text())["lr"]
              for run in ("full-fp32-fedavg-seed1", "pafi-fp32-fedavg-seed1")}
     assert rates == {"full-fp32-fedavg-seed1": 0.0, "pafi-fp32-fedavg-seed1": 0.02}
+
+
+def test_aggregator_and_poisoning_are_grid_axes_with_a_column_each(tmp_path):
+    base = RunConfig(out=str(tmp_path), run_name="poison", num_clients=10)
+    grid = variants(base, ["pafi"], {"aggregator": ["fedavg", "median"],
+                                     "poison_fraction": ["0", "0.2"]}, [1])
+    assert [v.slug for v in grid] == [
+        "pafi-fp32-fedavg-fedavg-0-seed1", "pafi-fp32-fedavg-fedavg-0.2-seed1",
+        "pafi-fp32-fedavg-median-0-seed1", "pafi-fp32-fedavg-median-0.2-seed1"]
+    folder = run_comparison(base, grid, fake_simulate)
+    rows = rows_of(folder)
+    assert [(r["aggregator"], r["poison_fraction"]) for r in rows] == [
+        ("fedavg", "0.0"), ("fedavg", "0.2"), ("median", "0.0"), ("median", "0.2")]
+    header = (folder / "comparison.md").read_text().splitlines()[0]
+    assert "| aggregator | poison fraction |" in header
+    with pytest.raises(ConfigError, match="poison-fraction 0.1 of 4 clients"):
+        variants(RunConfig(), ["pafi"], {"poison_fraction": ["0", "0.1"]}, [1])
+
+
+def test_a_run_older_than_the_aggregator_setting_counts_as_fedavg(tmp_path):
+    base = RunConfig(out=str(tmp_path), run_name="old")
+    folder = run_comparison(base, variants(base, ["pafi"], {}, [1]), fake_simulate)
+    config = folder / "pafi-fp32-fedavg-seed1" / "config.json"
+    saved = json.loads(config.read_text())
+    del saved["aggregator"], saved["poison-fraction"]
+    config.write_text(json.dumps(saved))
+    run_comparison(base, variants(base, ["pafi"], {}, [1]), fake_simulate)  # resumes, no refusal
+    assert [(r["aggregator"], r["poison_fraction"]) for r in rows_of(folder)] == [("fedavg", "0.0")]
