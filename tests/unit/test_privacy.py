@@ -15,6 +15,7 @@ from common.aggregators import aggregate
 from common.config import RunConfig
 from common.privacy import epsilon, noise_generator, private_mean
 from common.session import Session
+from server.app import _privacy_summary
 from server.strategy import FedPafiStrategy
 from tests.events import read_scalars
 from tests.unit.test_strategy import _reply
@@ -152,3 +153,12 @@ def test_a_resumed_private_run_draws_the_same_noise_and_goes_on_spending(tiny_mo
     assert spent == [epsilon(cfg, n) for n in (1, 2, 3)] and spent[0] < spent[1] < spent[2]
     assert read_scalars(resumed_folder.path)["privacy/epsilon"] == pytest.approx(
         dict(enumerate(spent, start=1)))
+
+
+def test_the_summary_keeps_the_dp_settings_and_the_last_epsilon():
+    records = [{"round": 1, "epsilon": 4.7}, {"round": 2, "epsilon": 6.1}]
+    cfg = RunConfig(dp_clipping_norm=0.5, dp_noise_multiplier=1.0)
+    assert _privacy_summary(cfg, records) == {"dp_clipping_norm": 0.5, "dp_noise_multiplier": 1.0,
+                                              "dp_delta": 1e-5, "epsilon": 6.1}
+    assert _privacy_summary(cfg.replace(dp_noise_multiplier=0.0), [{"round": 1}])["epsilon"] is None
+    assert _privacy_summary(RunConfig(), records) == {}  # DP off: the summary is as before
