@@ -53,6 +53,12 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "poisoning": ("--task", "sst2", "--alpha", "0.5", "--num-clients", "10", "--methods",
                   "pafi-hiwi", "--aggregator", "fedavg,median,trimmed-mean,krum",
                   "--poison-fraction", "0,0.1,0.2", "--krum-malicious", "2"),
+    # issue 11: client-level DP, each update clipped to norm 1 (not yet calibrated to the
+    # methods' update norms), without noise and at z = 1 and 3 (epsilon about 19 and 5 at
+    # delta 1e-5 after 10 rounds of all 10 clients); epsilon in the CSV
+    "dp-epsilon": ("--task", "sst2", "--alpha", "0.5", "--num-clients", "10", "--methods",
+                   "pafi-hiwi,lora,full", "--dp-clipping-norm", "1.0",
+                   "--dp-noise-multiplier", "0,1,3"),
 }
 KEPT = ("comparison.csv", "comparison.md", "*.png")
 KEPT_PER_RUN = ("config.json", "summary.json", "rounds.jsonl", "*.png")

@@ -20,13 +20,14 @@ from common.report import human_bytes
 
 # settings a comparison may vary beside method, codec and server optimizer: a column each
 # when they do
-VARIED_KEYS = ("mask_criterion", "sparsity", "aggregator", "poison_fraction")
+VARIED_KEYS = ("mask_criterion", "sparsity", "aggregator", "poison_fraction",
+               "dp_noise_multiplier")
 # what identifies a run apart from its seed: runs equal on these are averaged over seeds
 GROUP_KEYS = ("method", "codec", "server_opt", *VARIED_KEYS)
 COLUMNS = (*GROUP_KEYS, "seed", "trainable_parameters", "values_per_update", "metric",
            "initial", "final", "best", "best_round", "upload_per_client_per_round",
            "download_per_client_per_round", "total_mb", "wall_s", "target", "target_round",
-           "target_upload_per_client", "target_wall_s", "run")
+           "target_upload_per_client", "target_wall_s", "epsilon", "run")
 TARGET_FRACTION = 0.95
 
 
@@ -51,6 +52,7 @@ def row_from_run(run: Path) -> dict:
         # runs made before these settings existed had their defaults
         "aggregator": config.get("aggregator", "fedavg"),
         "poison_fraction": config.get("poison-fraction", 0.0),
+        "dp_noise_multiplier": config.get("dp-noise-multiplier", 0.0),
         "seed": config["seed"],
         "trainable_parameters": summary["trainable_parameters"],
         "values_per_update": summary["values_per_update"],
@@ -63,6 +65,7 @@ def row_from_run(run: Path) -> dict:
         "download_per_client_per_round": summary["download_per_client_per_round"],
         "total_mb": (summary["bytes_up_total"] + summary["bytes_down_total"]) / 1e6,
         "wall_s": summary["wall_s"],
+        "epsilon": summary.get("epsilon"),  # spent by the last round; none without DP noise
         "run": run.name,
     }
 

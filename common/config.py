@@ -90,6 +90,9 @@ class RunConfig:
     trimmed_fraction: float = 0.2  # trimmed-mean: share cut from each end, Flower's beta
     krum_malicious: int = 0  # krum: clients assumed malicious (f), Flower's default
     krum_keep: int = 1  # krum: updates kept and averaged; 1 is Krum, more is Multi-Krum
+    dp_clipping_norm: float = 0.0  # > 0: clip each update to this L2 norm, unweighted mean
+    dp_noise_multiplier: float = 0.0  # > 0: Gaussian noise z x clipping norm / sampled clients
+    dp_delta: float = 1e-5  # the delta epsilon is reported at (common.privacy)
     seed: int = 42
     model: str = DEFAULT_MODEL
     data_dir: str = ""  # empty: $GLUE_DIR, else the Hugging Face hub
@@ -240,6 +243,7 @@ class RunConfig:
             raise ConfigError(f"alpha must be > 0 (or use iid), got {self.alpha}.")
         self._validate_poisoning()
         self._validate_aggregator()
+        self._validate_privacy()
         return self
 
     def _validate_poisoning(self) -> None:
@@ -285,6 +289,37 @@ class RunConfig:
             raise ConfigError(
                 f"krum-keep {self.krum_keep} exceeds the clients per round that may be honest "
                 f"({n} - krum-malicious {f} = {n - f}); give at most {n - f}."
+            )
+
+    def _validate_privacy(self) -> None:
+        """Client-level DP bounds each client's share of the mean; settings that would
+        unbound it, or report a guarantee for no client, are refused."""
+        for name in ("dp_clipping_norm", "dp_noise_multiplier"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_kebab(name)} must be >= 0, got {getattr(self, name)}.")
+        if self.dp_noise_multiplier and not self.dp_clipping_norm:
+            raise ConfigError(
+                f"dp-noise-multiplier {self.dp_noise_multiplier:g} scales noise to the clipping "
+                f"norm, but dp-clipping-norm is 0 (no clipping); give dp-clipping-norm > 0."
+            )
+        if not 0 < self.dp_delta < 1 / self.num_clients:
+            raise ConfigError(
+                f"dp-delta is the chance the guarantee fails, below 1 / num-clients "
+                f"(1/{self.num_clients}: else it could fail for a whole client), got "
+                f"{self.dp_delta:g}; e.g. 1e-5."
+            )
+        if not self.dp_clipping_norm:
+            return
+        if self.aggregator != "fedavg":
+            raise ConfigError(
+                f"differential privacy clips and averages the updates itself, with noise sized "
+                f"to that mean, so it cannot follow aggregator {self.aggregator}; use fedavg."
+            )
+        if self.method == "sparse-local":
+            raise ConfigError(
+                "differential privacy clips each update as a whole and adds noise to every "
+                "entry, but sparse-local's clients send different entries, so the noise would "
+                "cover entries no client chose; use a shared-mask method such as pafi."
             )
 
 

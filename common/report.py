@@ -35,20 +35,24 @@ def large_update_warning(method: str, values: int, full_values: int) -> str | No
             f"adapter); sparsity, mask-k, lora-rank, untrained-pooler train.")
 
 
-def table_header(metric: str) -> str:
+def table_header(metric: str, private: bool = False) -> str:
+    """The column names; `private` adds epsilon, the privacy spent so far."""
+    epsilon = f" | {'epsilon':>8}" if private else ""
     return (
         f"{'round':>5} | {metric:>22} | {'loss':>7} | {'up/client':>10} | "
-        f"{'down/client':>11} | {'total MB':>8} | {'clients':>7} | {'s':>6}"
+        f"{'down/client':>11} | {'total MB':>8} | {'clients':>7} | {'s':>6}{epsilon}"
     )
 
 
 def table_row(record: dict, metric: str, cumulative_bytes: float) -> str:
     value = record["metrics"].get(metric, float("nan"))
+    epsilon = f" | {record['epsilon']:>8.3f}" if "epsilon" in record else ""
     return (
         f"{record['round']:>5} | {value:>22.4f} | {record['loss']:>7.4f} | "
         f"{human_bytes(record['bytes_up_per_client']):>10} | "
         f"{human_bytes(record['bytes_down_per_client']):>11} | "
         f"{cumulative_bytes / 1e6:>8.2f} | {len(record['clients']):>7} | {record['wall_s']:>6.1f}"
+        f"{epsilon}"
     )
 
 

@@ -77,7 +77,7 @@ def play_round(grid: Grid, strategy: FedPafiStrategy, folder: RunFolder, log: Ro
 
 def _describe(session: Session) -> None:
     """What a user needs to trust the run: the update's size (loud when large), the mask,
-    a robust aggregator and the clients that poison on purpose."""
+    a robust aggregator, the clients that poison on purpose and the DP noise."""
     method, cfg = session.method, session.cfg
     line = report.update_size(cfg.method, method.num_values(), method.full_values,
                               session.codec.label)
@@ -95,6 +95,12 @@ def _describe(session: Session) -> None:
         poisoners = (f"; poisoning partitions {ids} (of {cfg.num_clients}) send "
                      f"{POISON_SCALE:g} x their update every round" if ids else "")
         print(f"aggregator {cfg.aggregator}{poisoners}", flush=True)
+    if cfg.dp_clipping_norm:
+        m, z, c = cfg.sampled_clients, cfg.dp_noise_multiplier, cfg.dp_clipping_norm
+        print(f"differential privacy: each update clipped to L2 norm {c:g}, their sum over "
+              f"{m} sampled clients, plus Gaussian noise of std {z:g} x {c:g} / {m} = "
+              f"{z * c / m:.4g} per value; epsilon at delta {cfg.dp_delta:g} each round",
+              flush=True)
 
 
 def _show_partitions(session: Session, folder: RunFolder) -> None:
@@ -142,6 +148,7 @@ def _finish(session: Session, strategy: FedPafiStrategy, log: RoundLog,
         "mask_fingerprint": session.fingerprint,
         "k": session.method.mask.k if session.method.mask else session.method.num_indices(),
         "wall_s": sum(r["wall_s"] for r in records),
+        **_privacy_summary(cfg, records),
     })
     if records:
         plots.rounds(records, log.initial, session.task.main_metric,
@@ -151,6 +158,16 @@ def _finish(session: Session, strategy: FedPafiStrategy, log: RoundLog,
           f"(round 0: {log.initial.get(metric, float('nan')):.4f})", flush=True)
     print(report.upload_comparison(upload, full_bytes), flush=True)
     print(f"fedpafi run folder: {folder.path}", flush=True)
+
+
+def _privacy_summary(cfg: RunConfig, records: list[dict]) -> dict:
+    """The DP settings and the epsilon spent by the last round, when DP is on."""
+    if not cfg.dp_clipping_norm:
+        return {}
+    spent = [r["epsilon"] for r in records if "epsilon" in r]
+    return {"dp_clipping_norm": cfg.dp_clipping_norm,
+            "dp_noise_multiplier": cfg.dp_noise_multiplier,
+            "dp_delta": cfg.dp_delta, "epsilon": spent[-1] if spent else None}
 
 
 def _mean(values: list[float]) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from common import report
+from common import privacy, report
 from common.run_folder import RunFolder
 from common.session import Session
 from server.strategy import FedPafiStrategy
@@ -37,7 +37,8 @@ class RoundLog:
             self.folder.log_initial(metrics, loss)
             print(f"round 0 (pre-trained backbone, new head): dev {self.metric} "
                   f"{metrics[self.metric]:.4f}", flush=True)
-        print(report.table_header(self.metric), flush=True)
+        print(report.table_header(self.metric, bool(self.session.cfg.dp_noise_multiplier)),
+              flush=True)
 
     def add_round(self, server_round: int, metrics: dict[str, float], loss: float) -> None:
         traffic = self.strategy.traffic.get(server_round)
@@ -58,6 +59,9 @@ class RoundLog:
             "codec": self.session.codec.label,
             "wall_s": time.perf_counter() - traffic.started,
         }
+        if self.session.cfg.dp_noise_multiplier:  # every round not skipped released a mean
+            releases = sum(not r["skipped"] for r in self.records) + (not traffic.skipped)
+            record["epsilon"] = privacy.epsilon(self.session.cfg, releases)
         if self.session.method.sparse_wire:  # entries any client has changed so far
             record["union_values"] = self.session.method.union_values(self.strategy.state)
         self.cumulative_bytes += record["bytes_up"] + record["bytes_down"]

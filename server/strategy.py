@@ -4,7 +4,8 @@ their replies in the method's update space, evaluate the global model, count the
 Flower's FedAvg averages whole ArrayRecords; here replies are encoded updates (fp16,
 int8, ...) that must be decoded and checked first, so `aggregate_train` is replaced: the
 valid updates combine by `--aggregator` (the example-weighted mean, or a robust rule,
-`common.aggregators`) and the result goes to the server optimizer (FedAvg, FedAdam or
+`common.aggregators`), or with `--dp-clipping-norm` into the clipped, noised mean of
+`common.privacy`, and the result goes to the server optimizer (FedAvg, FedAdam or
 FedYogi in the method's layout, `common.server_opt`). The ServerApp (`server/app.py`)
 calls these steps in the order of the algorithm, one round after the other.
 """
@@ -24,6 +25,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from common import protocol as p
 from common.aggregators import aggregate
 from common.errors import FedPafiError
+from common.privacy import private_mean
 from common.server_opt import server_optimizer_for
 from common.session import Session
 from common.train import evaluate
@@ -203,7 +205,9 @@ class FedPafiStrategy(FedAvg):
         accepted.sort(key=lambda r: r.partition_id)  # a fixed summation order
         traffic.clients = [r.node_id for r in accepted]
         weights = [r.num_examples for r in accepted]
-        combined = aggregate(self.session.cfg, [r.update for r in accepted], weights)
+        updates, cfg = [r.update for r in accepted], self.session.cfg
+        combined = (private_mean(cfg, updates, server_round) if cfg.dp_clipping_norm
+                    else aggregate(cfg, updates, weights))
         self.state = self.optimizer.step(self.state, combined, server_round)
         traffic.train_loss = sum(r.num_examples * r.loss for r in accepted) / sum(weights)
         return self.global_arrays(), MetricRecord({"train-loss": traffic.train_loss})

@@ -57,6 +57,11 @@ HELP = {
     "trimmed-fraction": "trimmed-mean: share of clients cut from each end, in [0, 0.5)",
     "krum-malicious": "krum: clients assumed malicious (f); needs more than 2f + 2 per round",
     "krum-keep": "krum: updates kept (1: Krum; more: Multi-Krum, their mean by examples)",
+    "dp-clipping-norm": "DP: clip each update to this L2 norm, mean without example weights "
+                        "(0: off)",
+    "dp-noise-multiplier": "DP: Gaussian noise of std this x dp-clipping-norm / clients per "
+                           "round on the mean (compare: a comma list)",
+    "dp-delta": "DP: the delta epsilon is reported at, below 1 / num-clients",
     "fault-kinds": "comma list of crash, nan, wrong-length, wrong-fingerprint, slow, poison",
     "poison-fraction": f"share of clients (the first partitions) that send {POISON_SCALE:g} x "
                        f"their update (compare: a comma list)",

@@ -39,6 +39,7 @@ def fake_simulate(cfg: RunConfig, resume=None) -> Path:
         "final_metrics": {"accuracy": curve[-1]}, "upload_per_client_per_round": up,
         "download_per_client_per_round": up, "bytes_up_total": 4 * up, "bytes_down_total": 4 * up,
         "wall_s": 60.0,
+        **({"epsilon": 10 / cfg.dp_noise_multiplier} if cfg.dp_noise_multiplier else {}),
     }))
     return run
 
@@ -190,6 +191,20 @@ def test_aggregator_and_poisoning_are_grid_axes_with_a_column_each(tmp_path):
     assert "| aggregator | poison fraction |" in header
     with pytest.raises(ConfigError, match="poison-fraction 0.1 of 4 clients"):
         variants(RunConfig(), ["pafi"], {"poison_fraction": ["0", "0.1"]}, [1])
+
+
+def test_dp_noise_is_a_grid_axis_with_a_column_and_the_epsilon_spent(tmp_path):
+    base = RunConfig(out=str(tmp_path), run_name="dp", dp_clipping_norm=1.0)
+    grid = variants(base, ["pafi"], {"dp_noise_multiplier": ["0", "0.5", "1"]}, [1])
+    assert [v.slug for v in grid] == [
+        "pafi-fp32-fedavg-0-seed1", "pafi-fp32-fedavg-0.5-seed1", "pafi-fp32-fedavg-1-seed1"]
+    folder = run_comparison(base, grid, fake_simulate)
+    assert [(r["dp_noise_multiplier"], r["epsilon"]) for r in rows_of(folder)] == [
+        ("0.0", ""), ("0.5", "20.0"), ("1.0", "10.0")]
+    header = (folder / "comparison.md").read_text().splitlines()[0]
+    assert "| dp noise multiplier |" in header
+    with pytest.raises(ConfigError, match="but dp-clipping-norm is 0"):
+        variants(RunConfig(), ["pafi"], {"dp_noise_multiplier": ["0", "1"]}, [1])
 
 
 def test_a_run_older_than_the_aggregator_setting_counts_as_fedavg(tmp_path):

@@ -76,8 +76,24 @@ def test_validation_names_the_setting_and_allowed_values(values, message):
                                "of 1/4, e.g. 0.25."),
     ({"fault-kinds": "poison,meteor"}, "Unknown fault-kinds 'meteor'. Allowed: crash, nan, "
                                        "wrong-length, wrong-fingerprint, slow, poison."),
+    ({"dp-noise-multiplier": -1}, "dp-noise-multiplier must be >= 0, got -1.0."),
+    ({"dp-clipping-norm": -0.5}, "dp-clipping-norm must be >= 0, got -0.5."),
+    ({"dp-noise-multiplier": 1.0},
+     "dp-noise-multiplier 1 scales noise to the clipping norm, but dp-clipping-norm is 0 "
+     "(no clipping); give dp-clipping-norm > 0."),
+    ({"dp-delta": 0.5},
+     "dp-delta is the chance the guarantee fails, below 1 / num-clients (1/4: else it could "
+     "fail for a whole client), got 0.5; e.g. 1e-5."),
+    ({"dp-delta": 0}, "dp-delta is the chance the guarantee fails"),
+    ({"dp-clipping-norm": 1.0, "aggregator": "median"},
+     "differential privacy clips and averages the updates itself, with noise sized to that "
+     "mean, so it cannot follow aggregator median; use fedavg."),
+    ({"dp-clipping-norm": 1.0, "dp-noise-multiplier": 1.0, "method": "sparse-local"},
+     "differential privacy clips each update as a whole and adds noise to every entry, but "
+     "sparse-local's clients send different entries, so the noise would cover entries no "
+     "client chose; use a shared-mask method such as pafi."),
 ])
-def test_robust_settings_a_rule_cannot_use_are_refused_naming_the_fix(values, message):
+def test_settings_a_rule_cannot_use_are_refused_naming_the_fix(values, message):
     with pytest.raises(ConfigError) as refused:
         RunConfig.from_mapping(values).validate()
     assert message in str(refused.value)
@@ -90,8 +106,12 @@ def test_robust_settings_a_rule_cannot_use_are_refused_naming_the_fix(values, me
     {"aggregator": "trimmed-mean", "trimmed-fraction": 0.0},  # the plain mean, on purpose
     {"aggregator": "median"},
     {"aggregator": "median", "poison-fraction": 0.25},
+    {"dp-clipping-norm": 1.0},  # clipping alone: the no-noise point of a study
+    {"dp-clipping-norm": 0.1, "dp-noise-multiplier": 1.0, "method": "pafi"},
+    {"dp-clipping-norm": 1.0, "dp-noise-multiplier": 0.5, "num-clients": 100, "dp-delta": 1e-3},
+    {"dp-delta": 1e-3, "method": "sparse-local"},  # DP off: delta is only reported
 ])
-def test_robust_settings_that_a_rule_can_use_are_accepted(values):
+def test_settings_that_a_rule_can_use_are_accepted(values):
     RunConfig.from_mapping(values).validate()
 
 

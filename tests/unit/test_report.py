@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from common.report import human_bytes, large_update_warning, update_size, upload_comparison
+from common.report import (
+    human_bytes,
+    large_update_warning,
+    table_header,
+    table_row,
+    update_size,
+    upload_comparison,
+)
 
 
 @pytest.mark.parametrize("size, text", [
@@ -41,3 +48,13 @@ def test_an_update_over_one_percent_of_full_stands_out():
     assert warning.startswith("WARNING: hiwi sends 15.6% of full fine-tuning's values per "
                               "update, over 1%.")
     assert "hiwi-sync adapter" in warning
+
+
+def test_the_round_table_has_an_epsilon_column_only_with_dp_noise():
+    record = {"round": 3, "metrics": {"accuracy": 0.8}, "loss": 0.5, "bytes_up_per_client": 1e3,
+              "bytes_down_per_client": 2e3, "clients": [1, 2], "wall_s": 1.5}
+    plain, private = table_header("accuracy"), table_header("accuracy", private=True)
+    assert "epsilon" not in plain and private == plain + " |  epsilon"
+    assert len(table_row(record, "accuracy", 3e3)) == len(plain)
+    row = table_row({**record, "epsilon": 2.13349}, "accuracy", 3e3)
+    assert row.endswith(" |    2.133") and len(row) == len(private)

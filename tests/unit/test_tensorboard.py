@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from datasets import Dataset
@@ -111,6 +113,30 @@ class Grid:
         return replies
 
 
+def play_rounds(session: Session, rounds: int) -> tuple[RunFolder, FedPafiStrategy]:
+    """A new run's first `rounds` rounds, as server.app.serve plays them."""
+    folder, strategy = RunFolder.create(session.cfg), FedPafiStrategy(session)
+    log = RoundLog(session, strategy, folder)
+    log.start(*strategy.evaluate())
+    for loop_round in range(1, rounds + 1):
+        play_round(Grid(strategy), strategy, folder, log, loop_round)
+    return folder, strategy
+
+
+def resume_and_play(session: Session, run: Path) -> tuple[RunFolder, FedPafiStrategy, dict]:
+    """A new process resumes the run in `run` as server.app.serve does and plays one round;
+    returns the closed folder, the strategy and the checkpoint's info."""
+    folder, _ = RunFolder.existing(run)
+    done, state, info = folder.load_checkpoint()
+    strategy = FedPafiStrategy(session)
+    strategy.resume(done, state)
+    log = RoundLog(session, strategy, folder, folder.keep_rounds(done), info["initial_metrics"])
+    log.start(*strategy.evaluate())  # the resumed model: printed, not logged
+    play_round(Grid(strategy), strategy, folder, log, 1)
+    folder.close()
+    return folder, strategy, info
+
+
 @pytest.fixture
 def task_identity(monkeypatch):
     for name in ("_run_id", "_task_id", "_node_id"):  # what a ServerApp process has set
@@ -120,22 +146,8 @@ def task_identity(monkeypatch):
 def test_the_server_log_writes_rounds_and_round_0_across_a_resume(tiny_model_dir, tmp_path,
                                                                  task_identity):
     session = _session(tiny_model_dir, tmp_path)
-    folder = RunFolder.create(session.cfg)
-    strategy = FedPafiStrategy(session)
-    log = RoundLog(session, strategy, folder)
-    log.start(*strategy.evaluate())
-    for loop_round in (1, 2):
-        play_round(Grid(strategy), strategy, folder, log, loop_round)
-    # killed here: no close; a new process resumes after round 2 as server.app.serve does
-    resumed_folder, _ = RunFolder.existing(folder.path)
-    done, state, info = resumed_folder.load_checkpoint()
-    resumed = FedPafiStrategy(session)
-    resumed.resume(done, state)
-    log = RoundLog(session, resumed, resumed_folder, resumed_folder.keep_rounds(done),
-                   info["initial_metrics"])
-    log.start(*resumed.evaluate())  # the resumed model: printed, not logged
-    play_round(Grid(resumed), resumed, resumed_folder, log, 1)
-    resumed_folder.close()
+    folder, _ = play_rounds(session, 2)  # killed here: no close
+    resumed_folder, _, info = resume_and_play(session, folder.path)
 
     rounds = resumed_folder.rounds()
     assert [r["round"] for r in rounds] == [1, 2, 3]
