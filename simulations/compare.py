@@ -114,18 +114,23 @@ def run_comparison(base: RunConfig, grid: list[Variant], simulate: Simulate,
     if finished:
         print(f"resuming: {len(finished)} of {len(configs)} runs already finished", flush=True)
     varied = tuple(name for name, values in _list_values(grid).items() if len(values) > 1)
-    runs: list[Path] = []
-    for number, (variant, cfg) in enumerate(zip(grid, configs), start=1):
-        run = folder / cfg.run_name
-        if not _finished(run):
-            settings = ", ".join(f"{name} {value}" for name, value in variant.settings)
-            print(f"\n=== [{number}/{len(grid)}] {variant.method}, {settings}, "
-                  f"seed {variant.seed} ===", flush=True)
-            resume = RunFolder(run) if (run / CHECKPOINT).is_file() else None
-            if resume:
-                print(f"continuing {run.name} from its checkpoint", flush=True)
-            run = simulate(cfg, resume)
-        runs.append(run)
+    runs = [folder / cfg.run_name for cfg in configs]
+    table = ""
+    for number, (variant, cfg, run) in enumerate(zip(grid, configs, runs), start=1):
+        if _finished(run):
+            continue
+        settings = ", ".join(f"{name} {value}" for name, value in variant.settings)
+        print(f"\n=== [{number}/{len(grid)}] {variant.method}, {settings}, "
+              f"seed {variant.seed} ===", flush=True)
+        resume = RunFolder(run) if (run / CHECKPOINT).is_file() else None
+        if resume:
+            print(f"continuing {run.name} from its checkpoint", flush=True)
+        simulate(cfg, resume)
+        # every finished run of the grid, also those later in it from an earlier piece, so
+        # that a comparison stopped again never publishes a shorter table
+        table = write_outputs(folder, [r for r in runs if _finished(r)], varied,
+                              target_fraction, target)
+    if not table:  # nothing left to run: the table of the finished grid
         table = write_outputs(folder, runs, varied, target_fraction, target)
     print("\n" + table, flush=True)
     print(f"fedpafi comparison folder: {folder}", flush=True)

@@ -128,6 +128,22 @@ def test_an_interrupted_comparison_resumes_where_it_stopped(tmp_path):
     assert len(rows_of(tmp_path / "cmp")) == 4
 
 
+def test_a_comparison_stopped_again_keeps_the_runs_an_earlier_piece_finished(tmp_path):
+    base = RunConfig(out=str(tmp_path), run_name="cmp")
+    run_comparison(base, variants(base, ["pafi"], {}, [1]), fake_simulate)  # an earlier piece
+    grid = variants(base, ["full", "pafi"], {}, [1, 2])  # the grid grows: full comes first
+
+    def dies_at_the_second_run(cfg, resume=None):
+        if cfg.run_name == "full-fp32-fedavg-seed2":
+            raise KeyboardInterrupt
+        return fake_simulate(cfg, resume)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(base, grid, dies_at_the_second_run)
+    assert [r["run"] for r in rows_of(tmp_path / "cmp")] == [
+        "full-fp32-fedavg-seed1", "pafi-fp32-fedavg-seed1"]
+
+
 def test_resuming_with_other_settings_is_refused_before_any_run(tmp_path):
     base = RunConfig(out=str(tmp_path), run_name="cmp")
     run_comparison(base, variants(base, ["pafi"], {}, [1]), fake_simulate)
