@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from simulations.deploy import LocalDeployment
+from simulations.deploy import CONNECTION, LocalDeployment, register_key
 from tests.integration.test_simulation import ROOT, fedpafi
 from tests.unit.test_deploy import generate_certs
 
@@ -162,7 +162,7 @@ def test_supernode_with_an_unregistered_key_is_refused(certs, no_leftovers):
     with LocalDeployment(2, tls=True, base_port=free_ports(3), certs=certs,
                          state=no_leftovers / "state") as deployment:
         deployment.start("superlink")
-        registered = deployment.register(0)
+        registered = register_key(certs / "supernode-0.pub", CONNECTION, deployment.env)
         member = deployment.start("supernode-0")
         stranger = deployment.start("supernode-1", wait=False)
         stranger.popen.wait(timeout=60)
