@@ -246,13 +246,12 @@ def check_killed_run(folder: Path) -> str:
     return f"node {lost[0]} lost in round {next(r['round'] for r in got if r['rejected'])}"
 
 
-def kill_after_round_one(folder_of: Callable[[], str], stack: Stack, service: str
-                         ) -> Callable[[], None]:
+def kill_after_round_one(run_name: str, stack: Stack, service: str) -> Callable[[], None]:
     """A watch for flwr_run: `docker kill` on `service` once round 1 is in rounds.jsonl."""
     done = []
 
     def watch() -> None:
-        log = PROJECT / "runs" / folder_of() / "rounds.jsonl"
+        log = PROJECT / "runs" / run_name / "rounds.jsonl"
         if not done and log.is_file() and log.read_text().strip():
             sh("docker", "kill", stack.container(service))
             print(f"docker-test: docker kill {service} during round 2", flush=True)
@@ -290,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {IMAGE}: {size / 2**20:.0f} MiB", flush=True)
         with step("certificates"):
             sh("bash", str(PROJECT / "deploy" / "generate_certs.sh"), "--nodes", str(NODES))
-        stack = Stack(compose_tool(), state, owner)
+        stack = Stack(tool, state, owner)
         home = state / "flwr-home"
         env = {**os.environ, "FLWR_HOME": str(home)}
         connect(home, CONNECTION, f"127.0.0.1:{SUPERLINK_PORT}",
@@ -321,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cfg.replace(rounds=3, run_name=f"docker-{stamp}-b")
         with step("run 2: 3 rounds, docker kill supernode-1 during round 2"):
             folder = flwr_run(cfg, CONNECTION, env, state, watch=kill_after_round_one(
-                lambda: cfg.run_name, stack, "supernode-1"))
+                cfg.run_name, stack, "supernode-1"))
             print(f"  {check_killed_run(PROJECT / 'runs' / folder.name)}", flush=True)
     except (FedPafiError, subprocess.TimeoutExpired) as error:
         failure = str(error)
