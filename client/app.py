@@ -32,8 +32,9 @@ def _session(config_json: str) -> Session:
 
 
 @lru_cache(maxsize=4)
-def _shards(task: str, data_dir: str, num: int, alpha: float, iid: bool, seed: int):
-    return partition(load_split(task, "train", data_dir), num, alpha, iid, seed, task)
+def _shards(task: str, data_dir: str, num: int, alpha: float, iid: bool, seed: int,
+            scheme: str) -> list[Dataset]:
+    return partition(load_split(task, "train", data_dir), num, alpha, iid, seed, task, scheme)
 
 
 @app.train(mods=[inject_faults])
@@ -69,7 +70,7 @@ def _own_shard(cfg: RunConfig, context: Context) -> tuple[int, Dataset]:
             f"--federation-config 'num-supernodes={cfg.num_clients}'."
         )
     shards = _shards(cfg.task, cfg.resolved_data_dir, num_partitions, cfg.alpha, cfg.iid,
-                     cfg.seed)
+                     cfg.seed, cfg.partitioner)
     return partition_id, shards[partition_id]
 
 

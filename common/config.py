@@ -20,6 +20,7 @@ from common.errors import ConfigError
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 CHOICES: dict[str, tuple[str, ...]] = {
+    "partitioner": ("auto", "dirichlet", "inner-dirichlet"),
     "mask_scope": ("global", "per-tensor"),
     "mask_criterion": ("smallest", "largest", "random"),
     "hiwi_target": ("bias", "weight"),
@@ -54,6 +55,7 @@ class RunConfig:
     clients_per_round: int = 0  # 0: every client, every round
     alpha: float = 0.5
     iid: bool = False
+    partitioner: str = "auto"  # how non-IID shards are cut (common.glue.split)
     rounds: int = 5
     local_steps: int = 20
     local_epochs: float = 0.0  # > 0 replaces local-steps with passes over the shard

@@ -12,19 +12,41 @@ import numpy as np  # noqa: E402
 
 from common.comparison import group_by_variant  # noqa: E402
 
+LISTED_CLIENTS = 40  # up to this many clients get a bar each, labelled
+
 
 def label_histogram(hist: np.ndarray, labels: tuple[str, ...], path: Path, title: str) -> None:
-    """Stacked bars: how the labels are spread over the clients (the non-IID skew)."""
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.6 * len(hist) + 2), 3.5))
-    bottom = np.zeros(len(hist))
-    for column, label in enumerate(labels):
-        ax.bar(range(len(hist)), hist[:, column], bottom=bottom, label=label)
-        bottom += hist[:, column]
-    ax.set(xlabel="client (partition id)", ylabel="examples")
-    ax.set_title(title, fontsize="medium")
-    ax.set_xticks(range(len(hist)))
-    ax.legend(fontsize="small")
+    """How the labels are spread over the clients (the non-IID skew): stacked counts per
+    client; beyond LISTED_CLIENTS, each client's label shares (clients sorted by them) beside
+    the spread of client sizes, which stays readable at 1,000 clients."""
+    if len(hist) <= LISTED_CLIENTS:
+        fig, ax = plt.subplots(figsize=(max(5.5, 0.6 * len(hist) + 2), 3.5))
+        _stacked(ax, hist, labels, range(len(hist)))
+        ax.set(xlabel="client (partition id)", ylabel="examples")
+        ax.set_xticks(range(len(hist)))
+        ax.set_title(title, fontsize="medium")
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5),
+                                          gridspec_kw={"width_ratios": [2, 1]})
+        sizes = hist.sum(axis=1)
+        shares = hist / np.maximum(sizes, 1)[:, None]
+        order = np.lexsort(shares.T[::-1])  # by the first label's share, then the next
+        _stacked(left, shares[order], labels, range(len(hist)), width=1.0)
+        left.set(xlabel=f"{len(hist)} clients, sorted by label share", ylabel="share of rows",
+                 xlim=(-0.5, len(hist) - 0.5), ylim=(0, 1))
+        left.set_title(title, fontsize="medium")
+        right.hist(sizes, bins=min(50, len(np.unique(sizes))))
+        right.set(xlabel="rows per client", ylabel="clients", title="client sizes")
     _save(fig, path)
+
+
+def _stacked(ax, values: np.ndarray, labels: tuple[str, ...], xs: range, width: float = 0.8
+             ) -> None:
+    bottom = np.zeros(len(values))
+    for column, label in enumerate(labels):
+        ax.bar(xs, values[:, column], width, bottom=bottom, label=label, linewidth=0)
+        bottom += values[:, column]
+    ax.legend(fontsize="small")
 
 
 def rounds(records: list[dict], initial: dict, metric: str, path: Path, title: str) -> None:

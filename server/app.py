@@ -17,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from common import plots, report
 from common.config import POISON_SCALE, RunConfig
 from common.export import save_checkpoint, save_update
-from common.glue import format_histogram, histogram_labels, label_histogram, load_split, partition
+from common.glue import format_histogram, histogram_labels, label_histogram, load_split, split
 from common.run_folder import RunFolder
 from common.session import Session
 from common.train import evaluate
@@ -106,13 +106,18 @@ def _describe(session: Session) -> None:
 def _show_partitions(session: Session, folder: RunFolder) -> None:
     """Recompute the clients' seeded partitions to print and plot the label skew."""
     cfg = session.cfg
-    shards = partition(load_split(session.task, "train", cfg.resolved_data_dir),
-                       cfg.num_clients, cfg.alpha, cfg.iid, cfg.seed, session.task)
+    shards, scheme = split(load_split(session.task, "train", cfg.resolved_data_dir),
+                           cfg.num_clients, cfg.alpha, cfg.iid, cfg.seed, session.task,
+                           cfg.partitioner)
     hist = label_histogram(shards, session.task)
+    how = "iid" if cfg.iid else f"{scheme} alpha={cfg.alpha}"
+    if cfg.partitioner == "auto" and scheme == "inner-dirichlet":
+        how += (" (partitioner auto: every label-wise Dirichlet draw left a client without "
+                "rows, so each client draws its own label mix over an equal share)")
+    print(f"partitions: {how}", flush=True)
     print(format_histogram(hist, session.task), flush=True)
-    split = "iid" if cfg.iid else f"Dirichlet alpha={cfg.alpha}"
     plots.label_histogram(hist, histogram_labels(session.task), folder.path / "label_histogram.png",
-                          f"{cfg.task}: labels per client ({split})")
+                          f"{cfg.task}: labels per client ({how.split(' (')[0]})")
 
 
 def _finish(session: Session, strategy: FedPafiStrategy, log: RoundLog,

@@ -30,6 +30,9 @@ HELP = {
     "method": "pafi-hiwi (default), pafi, hiwi, lora, bitfit, full, sparse-local",
     "task": "GLUE task: sst2 mrpc rte cola stsb qnli qqp mnli wnli",
     "clients-per-round": "clients sampled per round (0: all)",
+    "partitioner": "non-IID split: dirichlet (label-wise, sizes vary), inner-dirichlet (equal "
+                   "sizes, each client's label mix drawn), auto (dirichlet unless a draw leaves "
+                   "a client empty)",
     "local-epochs": "passes over the local shard (replaces local-steps when > 0)",
     "lr": "one learning rate for every part of the method (0: each part's lr-* setting)",
     "lr-pafi": "learning rate of PaFi's masked deltas",

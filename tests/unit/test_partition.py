@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError
-from common.glue import format_histogram, label_histogram, partition, score_buckets
+from common.glue import format_histogram, label_histogram, partition, score_buckets, split
 
 ROWS = 2000
 
@@ -127,6 +127,53 @@ def test_more_clients_than_rows_is_a_config_error(binary: datasets.Dataset) -> N
 
 
 def test_impossible_dirichlet_split_says_what_to_change(binary: datasets.Dataset) -> None:
-    # 12 rows over 10 clients at alpha=0.01: each draw puts nearly all rows on one client.
-    with pytest.raises(ConfigError, match="Lower num-clients or raise alpha"):
+    # 12 rows over 10 clients at alpha=0.01: each label-wise draw puts nearly all rows on
+    # one client, and client-wise mixes of exact zeros run out of labels.
+    with pytest.raises(ConfigError, match="Raise alpha or lower num-clients"):
         partition(binary.select(range(12)), 10, alpha=0.01, iid=False, seed=0, task="sst2")
+
+
+@pytest.fixture(scope="module")
+def many_clients() -> datasets.Dataset:
+    """SST-2's label balance (44% / 56%) at a size where 1,000 clients hold ~20 rows each."""
+    rng = np.random.default_rng(0)
+    return make_dataset((rng.random(20_000) < 0.56).astype(int).tolist())
+
+
+def test_thousand_clients_auto_falls_back_and_no_client_is_empty(
+        many_clients: datasets.Dataset) -> None:
+    shards, scheme = split(many_clients, 1000, alpha=0.1, iid=False, seed=3, task="sst2")
+    assert scheme == "inner-dirichlet"
+    assert min(len(s) for s in shards) >= 1
+    assert sum(len(s) for s in shards) == len(many_clients)
+    again = partition(many_clients, 1000, alpha=0.1, iid=False, seed=3, task="sst2")
+    assert rows_of(again) == rows_of(shards)
+    other = partition(many_clients, 1000, alpha=0.1, iid=False, seed=4, task="sst2")
+    assert rows_of(other) != rows_of(shards)
+    mixed = partition(many_clients, 1000, alpha=100.0, iid=False, seed=3,
+                      task="sst2", scheme="inner-dirichlet")
+    # alpha 0.1 leaves most clients with one label; alpha 100 mixes them like the whole set
+    assert max_class_fraction(shards) > 0.85
+    assert max_class_fraction(mixed) < 0.75
+
+
+def test_label_wise_dirichlet_refuses_empty_clients_with_the_way_out(
+        many_clients: datasets.Dataset) -> None:
+    with pytest.raises(ConfigError, match="inner-dirichlet"):
+        partition(many_clients, 1000, alpha=0.1, iid=False, seed=3, task="sst2",
+                  scheme="dirichlet")
+
+
+def test_auto_keeps_the_label_wise_split_where_it_succeeds(binary: datasets.Dataset) -> None:
+    shards, scheme = split(binary, 5, alpha=0.5, iid=False, seed=1, task="sst2")
+    explicit = partition(binary, 5, alpha=0.5, iid=False, seed=1, task="sst2",
+                         scheme="dirichlet")
+    assert scheme == "dirichlet" and rows_of(shards) == rows_of(explicit)
+
+
+def test_many_clients_are_summarised_not_listed() -> None:
+    hist = np.array([[i % 7, 10 - i % 7] for i in range(1000)])
+    lines = format_histogram(hist, "sst2").splitlines()
+    assert len(lines) == 6  # header + min, 25%, median, 75%, max
+    assert lines[0].split()[:2] == ["1000", "clients"]
+    assert lines[-1].split()[:3] == ["max", "10", "1.00"]  # size 10, one label only
