@@ -18,6 +18,7 @@ from common import protocol as p
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.glue import load_split, partition
+from common.laps import Laps
 from common.session import Session
 from common.train import TrainResult, train_locally
 from common.updates import State, encode_update, unpack_state
@@ -39,6 +40,7 @@ def _shards(task: str, data_dir: str, num: int, alpha: float, iid: bool, seed: i
 
 @app.train(mods=[inject_faults])
 def train(msg: Message, context: Context) -> Message:
+    clock = Laps()
     config = msg.content[p.CONFIG]
     cfg = RunConfig.from_json(str(config[p.RUN_CONFIG]))
     if context.node_config.get("data-dir"):
@@ -46,16 +48,21 @@ def train(msg: Message, context: Context) -> Message:
     session = _session(cfg.to_json())
     if session.method.mask is not None:
         session.method.mask.check(str(config[p.FINGERPRINT]))
-
+    clock.lap("build")
     partition_id, shard = _own_shard(cfg, context)
+    clock.lap("data")
     arrays = {k: a.numpy() for k, a in msg.content[p.ARRAYS].items()}
     session.method.load(unpack_state(arrays, session.method.layout, session.method.sparse_wire))
+    clock.lap("load")
     result = train_locally(session.method, shard, session.tokenizer, session.task, cfg,
                            int(config[p.ROUND]), partition_id, _progress(cfg, partition_id))
+    clock.lap("train")
     if cfg.verbose:
         print(f"  client {partition_id}: {result.steps} steps, loss {result.loss:.4f}, "
               f"{result.seconds:.1f}s", flush=True)
     reply = reply_record(session, session.method.update(), result, partition_id)
+    clock.lap("encode")
+    reply[p.METRICS].update({f"{phase}-seconds": s for phase, s in clock.seconds.items()})
     return Message(content=reply, reply_to=msg)
 
 
@@ -85,7 +92,6 @@ def reply_record(session: Session, update: State, result: TrainResult,
             p.NUM_EXAMPLES: result.num_examples,
             "train-loss": result.loss,
             "train-steps": result.steps,
-            "train-seconds": result.seconds,
             p.PARTITION: partition_id,
         }),
         p.REPLY_INFO: ConfigRecord({

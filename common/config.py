@@ -105,6 +105,7 @@ class RunConfig:
     device: str = "auto"
     client_cpus: float = 2.0
     client_gpus: float = 0.0
+    ray_address: str = ""  # simulations: an existing Ray cluster ('': a local one per run)
     min_replies: int = 1  # valid replies a round needs; fewer: the round is skipped
     max_update_norm: float = 0.0  # > 0: refuse updates with a larger L2 norm
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies

@@ -12,3 +12,7 @@ FINGERPRINT = "mask-fingerprint"
 CODEC = "codec"
 NUM_EXAMPLES = "num-examples"
 PARTITION = "partition-id"
+# What a client times in a round, each reported as `<phase>-seconds`: building the model
+# (0 when its process kept it from an earlier round), cutting its shard, loading the global
+# state, local training (tokenizing included) and encoding the update.
+CLIENT_PHASES = ("build", "data", "load", "train", "encode")

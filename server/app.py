@@ -66,12 +66,18 @@ def play_round(grid: Grid, strategy: FedPafiStrategy, folder: RunFolder, log: Ro
     # sample the clients; each gets the global state, the run config and the fingerprint
     instructions = strategy.configure_train(loop_round, strategy.global_arrays(),
                                             strategy.base_config(), grid)
+    laps = strategy.traffic[server_round].laps
+    laps.lap("configure")
     replies = grid.send_and_receive(instructions, timeout=cfg.round_timeout)
+    laps.lap("clients")
     # validate every reply, average the valid ones, step the server optimizer
     strategy.aggregate_train(loop_round, replies)
+    laps.lap("aggregate")
     metrics, loss = strategy.evaluate()  # the new global model on the dev set
+    laps.lap("evaluate")
     # checkpoint, then log: a round in the log always has its checkpoint to resume from
     folder.save_checkpoint(server_round, strategy.checkpoint(), {"initial_metrics": log.initial})
+    laps.lap("checkpoint")
     log.add_round(server_round, metrics, loss)
 
 

@@ -58,6 +58,10 @@ class RoundLog:
             "floor_bytes_up_per_client": self.floor_up,
             "codec": self.session.codec.label,
             "wall_s": time.perf_counter() - traffic.started,
+            # where the round's time went: the server's phases (`clients` is the wait for
+            # the replies) and the clients' own phases summed over the valid replies
+            "seconds": {k: round(v, 4) for k, v in traffic.laps.seconds.items()},
+            "client_seconds": {k: round(v, 4) for k, v in traffic.client_seconds.items()},
         }
         if self.session.cfg.dp_noise_multiplier:  # every round not skipped released a mean
             releases = sum(not r["skipped"] for r in self.records) + (not traffic.skipped)

@@ -25,6 +25,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from common import protocol as p
 from common.aggregators import aggregate
 from common.errors import FedPafiError
+from common.laps import Laps
 from common.privacy import private_mean
 from common.server_opt import server_optimizer_for
 from common.session import Session
@@ -46,6 +47,8 @@ class RoundTraffic:
     rejected: list[dict] = field(default_factory=list)
     skipped: bool = False
     train_loss: float | None = None
+    laps: Laps = field(default_factory=Laps)  # the server's phases (`server/app.py`)
+    client_seconds: dict[str, float] = field(default_factory=dict)  # summed over valid replies
 
     def node_of(self, reply: Message) -> int:
         """The node a reply stands for. The SuperLink answers for an offline node itself
@@ -210,6 +213,9 @@ class FedPafiStrategy(FedAvg):
                     else aggregate(cfg, updates, weights))
         self.state = self.optimizer.step(self.state, combined, server_round)
         traffic.train_loss = sum(r.num_examples * r.loss for r in accepted) / sum(weights)
+        for reply in accepted:
+            for phase, seconds in reply.seconds.items():
+                traffic.client_seconds[phase] = traffic.client_seconds.get(phase, 0.0) + seconds
         return self.global_arrays(), MetricRecord({"train-loss": traffic.train_loss})
 
     def _validated(self, reply: Message) -> ValidReply:
@@ -249,6 +255,8 @@ class FedPafiStrategy(FedAvg):
             num_examples=num_examples,
             partition_id=int(metrics.get(p.PARTITION, 0)),
             loss=float(metrics.get("train-loss", float("nan"))),
+            seconds={phase: float(metrics[f"{phase}-seconds"]) for phase in p.CLIENT_PHASES
+                     if f"{phase}-seconds" in metrics},
         )
 
 
@@ -259,6 +267,7 @@ class ValidReply:
     num_examples: float
     partition_id: int
     loss: float
+    seconds: dict[str, float]  # the client's own account of its phases (`p.CLIENT_PHASES`)
 
 
 class RejectedReply(FedPafiError):

@@ -74,6 +74,8 @@ HELP = {
     "out": "parent folder of the run folder: the run writes OUT/RUN-NAME/",
     "run-name": "the run folder's name ('': <timestamp>-<method>-<task>)",
     "device": "auto uses a GPU when one is present",
+    "ray-address": "simulate on an existing Ray cluster, e.g. HEAD_IP:6379 after `ray start "
+                   "--head` ('': a local Ray instance for the run)",
 }
 
 
@@ -167,7 +169,8 @@ def simulate(cfg: RunConfig, resume: RunFolder | None = None) -> Path:
         num_supernodes=cfg.num_clients,
         backend_config={
             "client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": client_gpus(cfg)},
-            "init_args": {"logging_level": "error" if not cfg.verbose else "info"},
+            "init_args": {"logging_level": "error" if not cfg.verbose else "info",
+                          **({"address": cfg.ray_address} if cfg.ray_address else {})},
         },
         verbose_logging=cfg.verbose,
     )
