@@ -24,13 +24,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mask_criterion": ("smallest", "largest", "random"),
     "hiwi_target": ("bias", "weight"),
     "hiwi_sync": ("merged", "adapter"),
+    "shira_mask": ("random", "magnitude"),
     "untrained_pooler": ("identity", "train", "keep"),
     "server_opt": ("fedavg", "fedadam", "fedyogi"),
     "aggregator": ("fedavg", "median", "trimmed-mean", "krum"),
     "device": ("auto", "cpu", "cuda"),
 }
 MASK_INCLUDE_PARTS = ("bias", "layernorm")
-LR_GROUPS = ("pafi", "hiwi", "head", "bitfit", "lora", "full", "sparse")  # a learning rate each
+# a learning rate each
+LR_GROUPS = ("pafi", "hiwi", "head", "bitfit", "lora", "full", "sparse", "shira")
 # Faults that cost the server a reply: refused with a reason, or never arriving. They are
 # the default kinds; `poison` is opt-in, as the server accepts it (that is its point).
 FAILURE_KINDS = ("crash", "nan", "wrong-length", "wrong-fingerprint", "slow")
@@ -67,6 +69,7 @@ class RunConfig:
     lr_lora: float = 1e-3  # LoRA factors
     lr_full: float = 1e-4  # full fine-tuning, every weight
     lr_sparse: float = 1e-3  # sparse-local's own entries (salient, not small: not PaFi's rate)
+    lr_shira: float = 1e-3  # shira's random entries (magnitude: PaFi's entries, lr-pafi)
     sparsity: float = 0.005
     mask_k: int = 0  # > 0 replaces sparsity with an absolute number of entries
     mask_scope: str = "global"
@@ -80,6 +83,8 @@ class RunConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: str = "query,value"  # comma list of linear module names
+    shira_mask: str = "random"  # random: peft's, on lora-targets; magnitude: PaFi's mask
+    shira_r: int = 32  # random mask: r x (in + out) entries per layer, peft's default
     codec: str = "fp32"
     server_opt: str = "fedavg"
     server_lr: float = 0.0  # fedadam/fedyogi step; 0: each part's own learning rate
@@ -216,6 +221,13 @@ class RunConfig:
         _positive("hiwi-rank", self.hiwi_rank)
         _positive("lora-rank", self.lora_rank)
         _positive("lora-alpha", self.lora_alpha)
+        _positive("shira-r", self.shira_r)
+        if self.method == "shira" and self.shira_mask == "magnitude" and self.mask_include:
+            raise ConfigError(
+                f"shira trains entries of linear weights only, but mask-include "
+                f"'{self.mask_include}' adds biases or LayerNorm to the mask; leave "
+                "mask-include empty with --shira-mask magnitude."
+            )
         if not self.lora_targets.strip(","):
             raise ConfigError("lora-targets needs at least one module name, e.g. 'query,value'.")
         _positive("eval-batch-size", self.eval_batch_size)

@@ -97,8 +97,12 @@ class MethodSpec:
 
     name: str
     summary: str
-    uses_mask: bool
+    uses_mask: bool | Callable[[RunConfig], bool]  # a rule where a setting decides (shira)
     build_parts: Callable[[Backbone, RunConfig, Mask | None], list[Part]]
+
+    def needs_mask(self, cfg: RunConfig) -> bool:
+        """Whether this run builds the shared PaFi mask (and checks its fingerprint)."""
+        return self.uses_mask(cfg) if callable(self.uses_mask) else self.uses_mask
 
 
 class Method:
