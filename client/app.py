@@ -86,6 +86,7 @@ def reply_record(session: Session, update: State, result: TrainResult,
             "train-steps": result.steps,
             "train-seconds": result.seconds,
             p.PARTITION: partition_id,
+            **method.metrics(),  # what a part measured in training (lora-ts: gate-on)
         }),
         p.REPLY_INFO: ConfigRecord({
             p.CODEC: session.codec.name,

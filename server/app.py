@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common import plots, report
 from common.config import POISON_SCALE, RunConfig
+from common.errors import MergeError
 from common.export import save_checkpoint, save_update
 from common.glue import format_histogram, histogram_labels, label_histogram, load_split, partition
 from common.run_folder import RunFolder
@@ -121,7 +122,11 @@ def _finish(session: Session, strategy: FedPafiStrategy, log: RoundLog,
     session.method.load(strategy.state)
     compact = session.method.compact()
     save_update(session, compact, folder.path / "update.safetensors")
-    merged = save_checkpoint(session, compact, folder.path / "model")
+    try:
+        merged = save_checkpoint(session, compact, folder.path / "model")
+    except MergeError as exc:  # lora-ts: the global model keeps its adapter
+        print(f"no merged checkpoint: {exc}", flush=True)
+        merged = session.method.model
     final, final_loss = evaluate(merged, session.dev_set, session.tokenizer, session.task,
                                  cfg.max_seq_length, cfg.eval_batch_size)
     records = log.records

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from common.run_folder import RunFolder
 
 HELP = {
-    "method": "pafi-hiwi (default), pafi, hiwi, lora, bitfit, full, shira, sparse-local",
+    "method": "pafi-hiwi (default), pafi, hiwi, lora, lora-ts, bitfit, full, shira, "
+              "sparse-local",
     "task": "GLUE task: sst2 mrpc rte cola stsb qnli qqp mnli wnli",
     "clients-per-round": "clients sampled per round (0: all)",
     "local-epochs": "passes over the local shard (replaces local-steps when > 0)",
@@ -79,7 +80,7 @@ HELP = {
 }
 
 
-COMPARE_METHODS = ("full", "bitfit", "lora", "pafi", "hiwi", "pafi-hiwi", "shira",
+COMPARE_METHODS = ("full", "bitfit", "lora", "lora-ts", "pafi", "hiwi", "pafi-hiwi", "shira",
                    "sparse-local")
 MASK_OPTIONS = ("model", "sparsity", "mask_k", "mask_scope", "mask_criterion", "mask_include",
                 "untrained_pooler", "seed")

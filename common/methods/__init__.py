@@ -15,6 +15,7 @@ from common.methods.base import Method, MethodSpec, Part, Stage
 from common.methods.head import DensePart
 from common.methods.hiwi import HiWiPart
 from common.methods.lora import LoRAPart, lora_config
+from common.methods.lora_ts import GatedLoRAPart
 from common.methods.pafi import (
     Mask,
     MaskedDeltaPart,
@@ -55,6 +56,11 @@ def _lora(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
     return [LoRAPart(backbone.model, config, cfg.seed), _head(backbone)]
 
 
+def _lora_ts(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
+    config = lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    return [GatedLoRAPart(backbone.model, config, cfg.seed), _head(backbone)]
+
+
 def _shira(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
     if mask is None:  # peft's random mask on LoRA's targets, at its own rate
         part = ShiraPart(backbone.model, random_config(cfg.shira_r, cfg.lora_targets, cfg.seed),
@@ -88,6 +94,8 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("full", "all weights, dense", False, _full),
         MethodSpec("bitfit", "every bias + head", False, _bitfit),
         MethodSpec("lora", "LoRA factors (peft) + head", False, _lora),
+        MethodSpec("lora-ts", "LoRA factors with a learned per-token gate (TS-PEFT) + head; "
+                   "cannot merge", False, _lora_ts),
         MethodSpec("pafi", "masked deltas + head", True, _pafi),
         MethodSpec("hiwi", "HiWi adapter + head", False, _hiwi_only),
         MethodSpec("pafi-hiwi", "masked deltas + HiWi + head", True, _pafi_hiwi),

@@ -82,6 +82,11 @@ class Part(ABC):
     def post_step(self) -> None:
         """Called after each optimizer step (PaFi writes its deltas into the weights)."""
 
+    def metrics(self) -> dict[str, float]:
+        """What the part measured since the last load (lora-ts: the share of tokens gated
+        on); reported in a client's reply and, for the dev set, in the round log."""
+        return {}
+
     def compact(self) -> State:
         """The state in merge-ready form (for the update file); by default the state."""
         return self.state()
@@ -161,6 +166,9 @@ class Method:
     def post_step(self) -> None:
         for part in self.parts:
             part.post_step()
+
+    def metrics(self) -> dict[str, float]:
+        return {k: v for part in self.parts for k, v in part.metrics().items()}
 
     def update(self) -> State:
         """Local change since the last load, in the same layout as the state."""

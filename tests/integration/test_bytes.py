@@ -43,8 +43,9 @@ def expected_values(method: str, session: Session) -> int:
     hiwi = LAYERS * FFN  # the merged change of each FFN input bias
     shira = (pafi if session.cfg.shira_mask == "magnitude"  # PaFi's k entries, values only
              else LAYERS * 2 * 32 * (HIDDEN + HIDDEN))  # peft's r=32 on query and value
-    return HEAD + {"lora": lora, "pafi": pafi, "hiwi": hiwi, "pafi-hiwi": pafi + hiwi,
-                   "shira": shira, "sparse-local": pafi}[method]
+    return HEAD + {"lora": lora, "lora-ts": lora + LAYERS * 2,  # + a threshold per layer
+                   "pafi": pafi, "hiwi": hiwi, "pafi-hiwi": pafi + hiwi, "shira": shira,
+                   "sparse-local": pafi}[method]
 
 
 def client_update(method: Method) -> State:

@@ -58,7 +58,8 @@ def test_unreadable_update_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("codec", list(CODECS))
-@pytest.mark.parametrize("method, extra", [*((m, {}) for m in METHODS),
+@pytest.mark.parametrize("method, extra", [*((m, {}) for m in METHODS
+                                             if m != "lora-ts"),  # refuses (test_lora_ts)
                                            ("shira", {"shira_mask": "magnitude"})])
 def test_every_method_and_codec_exports_a_plain_checkpoint(tiny_model_dir, tmp_path, method,
                                                            extra, codec):

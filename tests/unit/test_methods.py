@@ -69,8 +69,8 @@ def _train(method, batch, steps=3):
 
 
 def test_registry_has_the_core_methods():
-    assert list(METHODS) == ["full", "bitfit", "lora", "pafi", "hiwi", "pafi-hiwi", "shira",
-                             "sparse-local"]
+    assert list(METHODS) == ["full", "bitfit", "lora", "lora-ts", "pafi", "hiwi", "pafi-hiwi",
+                             "shira", "sparse-local"]
 
 
 @pytest.mark.parametrize("name, sync, target", VARIANTS)
