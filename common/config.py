@@ -83,6 +83,7 @@ class RunConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: str = "query,value"  # comma list of linear module names
+    lora_ts_penalty: float = 0.0  # lora-ts: weight of the share of tokens gated on in the loss
     shira_mask: str = "random"  # random: peft's, on lora-targets; magnitude: PaFi's mask
     shira_r: int = 32  # random mask: r x (in + out) entries per layer, peft's default
     codec: str = "fp32"
@@ -222,6 +223,9 @@ class RunConfig:
         _positive("lora-rank", self.lora_rank)
         _positive("lora-alpha", self.lora_alpha)
         _positive("shira-r", self.shira_r)
+        if self.lora_ts_penalty < 0:
+            raise ConfigError(f"lora-ts-penalty must be >= 0 (0: no sparsity pressure), got "
+                              f"{self.lora_ts_penalty}.")
         if self.method == "shira" and self.shira_mask == "magnitude" and self.mask_include:
             raise ConfigError(
                 f"shira trains entries of linear weights only, but mask-include "

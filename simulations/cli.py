@@ -50,6 +50,8 @@ HELP = {
     "hiwi-sync": "merged: send P'-P; adapter: send adapter parameters",
     "lora-targets": "comma list of linear module names that get LoRA factors (and shira's "
                     "random entries)",
+    "lora-ts-penalty": "lora-ts: weight of the share of tokens gated on (relaxed) in the "
+                       "training loss; 0: none",
     "shira-mask": "shira's entries: random (peft's, r x (in + out) a layer) or magnitude "
                   "(PaFi's mask)",
     "shira-r": "shira random mask: r x (in + out) entries per targeted layer",

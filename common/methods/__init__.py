@@ -58,7 +58,8 @@ def _lora(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
 
 def _lora_ts(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
     config = lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
-    return [GatedLoRAPart(backbone.model, config, cfg.seed), _head(backbone)]
+    return [GatedLoRAPart(backbone.model, config, cfg.seed, cfg.lora_ts_penalty),
+            _head(backbone)]
 
 
 def _shira(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:

@@ -4,9 +4,12 @@ Each LoRA layer gets one learnable threshold tau. For token i the layer outputs
 W0 x_i + g_i M(x_i), with M LoRA's change and g_i = 1 if |M(x_i)| / |W0 x_i| >= tau, else 0
 (L2 norms over the features; W0 x_i is the frozen layer's output, bias included). The
 gate is hard in every forward pass; in training its gradient is a straight-through
-estimate, the gradient of sigmoid((r_i - tau) / TEMPERATURE), so tau learns from the task
-loss alone (no sparsity penalty). tau starts at 0: every ratio is >= 0, so training starts
-as plain LoRA, and at tau = -inf the gate is plain LoRA exactly.
+estimate, the gradient of sigmoid((r_i - tau) / TEMPERATURE). The task loss alone tends
+to open the gate (LoRA's change helps on most tokens), so `lora-ts-penalty` lambda adds
+lambda x the mean of that sigmoid over the real tokens of every gated layer (the share
+of tokens gated on, relaxed) to the loss, as TS-PEFT controls its sparsity; 0 turns it
+off. tau starts at 0: every ratio is >= 0, so training starts as plain LoRA, and at
+tau = -inf the gate is plain LoRA exactly.
 
 The gate depends on the token, so it cannot be folded into the weights: export refuses,
 and the model keeps the adapter at inference (extra latency, unlike PaFi and HiWi).
@@ -32,8 +35,11 @@ METRIC = "gate-on"
 
 
 class GatedLoRAPart(LoRAPart):
-    def __init__(self, model: nn.Module, config: LoraConfig, seed: int) -> None:
+    def __init__(self, model: nn.Module, config: LoraConfig, seed: int,
+                 penalty_weight: float = 0.0) -> None:
         super().__init__(model, config, seed)
+        self.penalty_weight = penalty_weight
+        self._soft: list[torch.Tensor] = []  # per gated layer: the relaxed share gated on
         layers = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
         device = next(iter(self.params.values())).device
         self.thresholds = {n: nn.Parameter(torch.zeros(1, device=device)) for n in layers}
@@ -48,6 +54,7 @@ class GatedLoRAPart(LoRAPart):
 
     def _remember_tokens(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._tokens = kwargs.get("attention_mask")
+        self._soft = []  # a forward whose penalty nobody asked for leaves nothing behind
 
     def _remember_base(self, name: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -66,16 +73,32 @@ class GatedLoRAPart(LoRAPart):
             if torch.is_grad_enabled() and tau.requires_grad:
                 soft = torch.sigmoid((ratio - tau) / TEMPERATURE)
                 gate = hard + (soft - soft.detach())  # forward: hard; backward: sigmoid's
+                self._soft.append(self._mean_over_tokens(soft))
             self._count(hard.detach())
             return output * gate.unsqueeze(-1)
 
         return hook
 
+    def _real_tokens(self, gate: torch.Tensor) -> torch.Tensor:
+        """1 for a token of the input, 0 for padding (all 1 without an attention mask)."""
+        tokens = self._tokens if self._tokens is not None else torch.ones_like(gate)
+        return tokens.to(gate.dtype).reshape(gate.shape)
+
+    def _mean_over_tokens(self, gate: torch.Tensor) -> torch.Tensor:
+        tokens = self._real_tokens(gate)
+        return (gate * tokens).sum() / tokens.sum()
+
     def _count(self, hard: torch.Tensor) -> None:
-        tokens = self._tokens if self._tokens is not None else torch.ones_like(hard)
-        tokens = tokens.to(hard.dtype).reshape(hard.shape)
+        tokens = self._real_tokens(hard)
         self._on += (hard * tokens).sum()
         self._seen += tokens.sum()
+
+    def penalty(self) -> torch.Tensor | None:
+        """lambda x the relaxed share of tokens gated on, over the last forward's layers."""
+        soft, self._soft = self._soft, []
+        if not self.penalty_weight or not soft:
+            return None
+        return self.penalty_weight * torch.stack(soft).mean()
 
     def metrics(self) -> dict[str, float]:
         """Share of (non-padding) tokens gated on, over all gated layers since the last load."""

@@ -13,14 +13,14 @@ from common.errors import MergeError
 from common.export import save_checkpoint, save_update, session_for_update
 from common.methods.lora_ts import METRIC, PREFIX
 from common.session import Session
-from common.train import TrainResult, make_optimizer
+from common.train import TrainResult, make_optimizer, train_step
 
 INPUTS = {"input_ids": torch.tensor([[101, 2000, 2001, 2002, 102], [101, 2054, 102, 0, 0]]),
           "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])}
 
 
-def _session(model_dir, method):
-    return Session.build(RunConfig(model=str(model_dir), method=method))
+def _session(model_dir, method, **extra):
+    return Session.build(RunConfig(model=str(model_dir), method=method, **extra))
 
 
 def _random_state(method, thresholds: float, scale: float = 0.1):
@@ -74,6 +74,23 @@ def test_training_moves_the_thresholds_and_the_reply_reports_the_gate(tiny_model
     result = TrainResult(num_examples=2, steps=3, loss=0.5, seconds=0.1)
     record = reply_record(session, update, result, partition_id=0)
     assert record["metrics"][METRIC] == pytest.approx(share)
+
+
+def test_the_penalty_raises_every_threshold_and_gates_fewer_tokens_on(tiny_model_dir):
+    """The same start and steps, with and without lora-ts-penalty: the pressure on the
+    share of tokens gated on pushes each layer's threshold up."""
+    thresholds, shares = [], []
+    for penalty in (0.0, 10.0):
+        method = _session(tiny_model_dir, "lora-ts", lora_ts_penalty=penalty).method
+        method.load(_random_state(method, 0.2, scale=0.03))
+        optimizer = make_optimizer(method)
+        method.model.train()
+        for _ in range(3):
+            train_step(method, optimizer, {**INPUTS, "labels": torch.tensor([1, 0])})
+        shares.append(method.metrics()[METRIC])
+        thresholds.append(torch.cat([method.state()[k] for k in method.layout
+                                     if k.startswith(PREFIX)]))
+    assert (thresholds[1] > thresholds[0]).all() and shares[1] <= shares[0]
 
 
 def test_merge_is_refused_but_the_update_file_rebuilds_the_gated_model(tiny_model_dir,
