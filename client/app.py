@@ -93,6 +93,7 @@ def reply_record(session: Session, update: State, result: TrainResult,
             "train-loss": result.loss,
             "train-steps": result.steps,
             p.PARTITION: partition_id,
+            **method.metrics(),  # what a part measured in training (lora-ts: gate-on)
         }),
         p.REPLY_INFO: ConfigRecord({
             p.CODEC: session.codec.name,

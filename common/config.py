@@ -25,13 +25,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mask_criterion": ("smallest", "largest", "random"),
     "hiwi_target": ("bias", "weight"),
     "hiwi_sync": ("merged", "adapter"),
+    "shira_mask": ("random", "magnitude"),
     "untrained_pooler": ("identity", "train", "keep"),
     "server_opt": ("fedavg", "fedadam", "fedyogi"),
     "aggregator": ("fedavg", "median", "trimmed-mean", "krum"),
     "device": ("auto", "cpu", "cuda"),
 }
 MASK_INCLUDE_PARTS = ("bias", "layernorm")
-LR_GROUPS = ("pafi", "hiwi", "head", "bitfit", "lora", "full", "sparse")  # a learning rate each
+# a learning rate each
+LR_GROUPS = ("pafi", "hiwi", "head", "bitfit", "lora", "full", "sparse", "shira")
 # Faults that cost the server a reply: refused with a reason, or never arriving. They are
 # the default kinds; `poison` is opt-in, as the server accepts it (that is its point).
 FAILURE_KINDS = ("crash", "nan", "wrong-length", "wrong-fingerprint", "slow")
@@ -69,6 +71,7 @@ class RunConfig:
     lr_lora: float = 1e-3  # LoRA factors
     lr_full: float = 1e-4  # full fine-tuning, every weight
     lr_sparse: float = 1e-3  # sparse-local's own entries (salient, not small: not PaFi's rate)
+    lr_shira: float = 1e-3  # shira's random entries (magnitude: PaFi's entries, lr-pafi)
     sparsity: float = 0.005
     mask_k: int = 0  # > 0 replaces sparsity with an absolute number of entries
     mask_scope: str = "global"
@@ -82,6 +85,9 @@ class RunConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: str = "query,value"  # comma list of linear module names
+    lora_ts_penalty: float = 0.0  # lora-ts: weight of the share of tokens gated on in the loss
+    shira_mask: str = "random"  # random: peft's, on lora-targets; magnitude: PaFi's mask
+    shira_r: int = 32  # random mask: r x (in + out) entries per layer, peft's default
     codec: str = "fp32"
     server_opt: str = "fedavg"
     server_lr: float = 0.0  # fedadam/fedyogi step; 0: each part's own learning rate
@@ -219,6 +225,16 @@ class RunConfig:
         _positive("hiwi-rank", self.hiwi_rank)
         _positive("lora-rank", self.lora_rank)
         _positive("lora-alpha", self.lora_alpha)
+        _positive("shira-r", self.shira_r)
+        if self.lora_ts_penalty < 0:
+            raise ConfigError(f"lora-ts-penalty must be >= 0 (0: no sparsity pressure), got "
+                              f"{self.lora_ts_penalty}.")
+        if self.method == "shira" and self.shira_mask == "magnitude" and self.mask_include:
+            raise ConfigError(
+                f"shira trains entries of linear weights only, but mask-include "
+                f"'{self.mask_include}' adds biases or LayerNorm to the mask; leave "
+                "mask-include empty with --shira-mask magnitude."
+            )
         if not self.lora_targets.strip(","):
             raise ConfigError("lora-targets needs at least one module name, e.g. 'query,value'.")
         _positive("eval-batch-size", self.eval_batch_size)

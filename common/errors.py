@@ -23,3 +23,7 @@ class MaskMismatchError(FedPafiError):
 
 class UpdateError(FedPafiError):
     """An update or state does not match the layout the method expects."""
+
+
+class MergeError(FedPafiError):
+    """A method's update cannot be folded into a plain model's weights."""

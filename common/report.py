@@ -32,7 +32,8 @@ def large_update_warning(method: str, values: int, full_values: int) -> str | No
     return (f"WARNING: {method} sends {share:.1%} of full fine-tuning's values per update, "
             f"over {LARGE_UPDATE_SHARE:.0%}. Check the settings that size it: hiwi-target "
             f"weight with hiwi-sync merged sends the whole matrix change (use hiwi-sync "
-            f"adapter); sparsity, mask-k, lora-rank, untrained-pooler train.")
+            f"adapter); sparsity, mask-k, lora-rank, shira-r (shira-mask random), "
+            f"untrained-pooler train.")
 
 
 def table_header(metric: str, private: bool = False) -> str:

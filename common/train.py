@@ -94,7 +94,8 @@ def train_step(method: Method, optimizer: torch.optim.Optimizer,
                batch: dict[str, torch.Tensor]) -> float:
     """One local step on a ready batch; the method syncs its parts after the update."""
     loss = method.model(**batch).loss
-    loss.backward()
+    penalty = method.penalty()  # lora-ts: the gate's sparsity pressure; not in the logged loss
+    (loss if penalty is None else loss + penalty).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     method.post_step()

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common import plots, report
 from common.config import POISON_SCALE, RunConfig
+from common.errors import MergeError
 from common.export import save_checkpoint, save_update
 from common.glue import format_histogram, histogram_labels, label_histogram, load_split, split
 from common.run_folder import RunFolder
@@ -132,7 +133,11 @@ def _finish(session: Session, strategy: FedPafiStrategy, log: RoundLog,
     session.method.load(strategy.state)
     compact = session.method.compact()
     save_update(session, compact, folder.path / "update.safetensors")
-    merged = save_checkpoint(session, compact, folder.path / "model")
+    try:
+        merged, which = save_checkpoint(session, compact, folder.path / "model"), "merged model"
+    except MergeError as exc:  # lora-ts: the global model keeps its adapter
+        print(f"no merged checkpoint: {exc}", flush=True)
+        merged, which = session.method.model, "model (adapter kept, not merged)"
     final, final_loss = evaluate(merged, session.dev_set, session.tokenizer, session.task,
                                  cfg.max_seq_length, cfg.eval_batch_size)
     records = log.records
@@ -165,7 +170,7 @@ def _finish(session: Session, strategy: FedPafiStrategy, log: RoundLog,
         plots.rounds(records, log.initial, session.task.main_metric,
                      folder.path / "rounds.png", f"{cfg.method} on {cfg.task}")
     metric = session.task.main_metric
-    print(f"final merged model: dev {metric} {final[metric]:.4f} "
+    print(f"final {which}: dev {metric} {final[metric]:.4f} "
           f"(round 0: {log.initial.get(metric, float('nan')):.4f})", flush=True)
     print(report.upload_comparison(upload, full_bytes), flush=True)
     print(f"fedpafi run folder: {folder.path}", flush=True)

@@ -103,8 +103,9 @@ class FedPafiStrategy(FedAvg):
         """Dev-set metrics and loss of the global model: pre-trained + the global state."""
         session, cfg = self.session, self.session.cfg
         session.method.load(self.state)
-        return evaluate(session.method.model, session.dev_set, session.tokenizer, session.task,
-                        cfg.max_seq_length, cfg.eval_batch_size)
+        metrics, loss = evaluate(session.method.model, session.dev_set, session.tokenizer,
+                                 session.task, cfg.max_seq_length, cfg.eval_batch_size)
+        return {**metrics, **session.method.metrics()}, loss  # lora-ts: gate-on, dev tokens
 
     def base_config(self) -> ConfigRecord:
         """What every instruction carries besides the state: the run config, the fingerprint."""

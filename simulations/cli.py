@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from common.run_folder import RunFolder
 
 HELP = {
-    "method": "pafi-hiwi (default), pafi, hiwi, lora, bitfit, full, sparse-local",
+    "method": "pafi-hiwi (default), pafi, hiwi, lora, lora-ts, bitfit, full, shira, "
+              "sparse-local",
     "task": "GLUE task: sst2 mrpc rte cola stsb qnli qqp mnli wnli",
     "clients-per-round": "clients sampled per round (0: all)",
     "partitioner": "non-IID split: dirichlet (label-wise, sizes vary), inner-dirichlet (equal "
@@ -41,6 +42,7 @@ HELP = {
     "lr-bitfit": "learning rate of bitfit's biases",
     "lr-sparse": "learning rate of sparse-local's entries",
     "lr-lora": "learning rate of the LoRA factors",
+    "lr-shira": "learning rate of shira's random entries (magnitude: lr-pafi)",
     "lr-full": "learning rate of full fine-tuning",
     "untrained-pooler": "a pooler the checkpoint ships untrained: identity, train or keep",
     "sparsity": "PaFi mask size as a fraction of eligible weights (compare: a comma list)",
@@ -49,7 +51,13 @@ HELP = {
     "salience-batches": "sparse-local: local batches whose summed |gradient| picks each "
                         "client's k entries",
     "hiwi-sync": "merged: send P'-P; adapter: send adapter parameters",
-    "lora-targets": "comma list of linear module names that get LoRA factors",
+    "lora-targets": "comma list of linear module names that get LoRA factors (and shira's "
+                    "random entries)",
+    "lora-ts-penalty": "lora-ts: weight of the share of tokens gated on (relaxed) in the "
+                       "training loss; 0: none",
+    "shira-mask": "shira's entries: random (peft's, r x (in + out) a layer) or magnitude "
+                  "(PaFi's mask)",
+    "shira-r": "shira random mask: r x (in + out) entries per targeted layer",
     "codec": "fp32, fp16, bf16, int8 (compare: a comma list)",
     "mask-criterion": "smallest, largest or random entries (compare: a comma list)",
     "server-opt": "fedavg, fedadam, fedyogi (compare: a comma list)",
@@ -79,7 +87,8 @@ HELP = {
 }
 
 
-COMPARE_METHODS = ("full", "bitfit", "lora", "pafi", "hiwi", "pafi-hiwi", "sparse-local")
+COMPARE_METHODS = ("full", "bitfit", "lora", "lora-ts", "pafi", "hiwi", "pafi-hiwi", "shira",
+                   "sparse-local")
 MASK_OPTIONS = ("model", "sparsity", "mask_k", "mask_scope", "mask_criterion", "mask_include",
                 "untrained_pooler", "seed")
 

@@ -15,6 +15,7 @@ from common.methods.base import Method, MethodSpec, Part, Stage
 from common.methods.head import DensePart
 from common.methods.hiwi import HiWiPart
 from common.methods.lora import LoRAPart, lora_config
+from common.methods.lora_ts import GatedLoRAPart
 from common.methods.pafi import (
     Mask,
     MaskedDeltaPart,
@@ -22,6 +23,7 @@ from common.methods.pafi import (
     eligible_parameters,
     mask_settings,
 )
+from common.methods.shira import ShiraPart, magnitude_config, random_config
 from common.methods.sparse_local import SparseLocalPart
 
 if TYPE_CHECKING:
@@ -54,6 +56,21 @@ def _lora(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
     return [LoRAPart(backbone.model, config, cfg.seed), _head(backbone)]
 
 
+def _lora_ts(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
+    config = lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    return [GatedLoRAPart(backbone.model, config, cfg.seed, cfg.lora_ts_penalty),
+            _head(backbone)]
+
+
+def _shira(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
+    if mask is None:  # peft's random mask on LoRA's targets, at its own rate
+        part = ShiraPart(backbone.model, random_config(cfg.shira_r, cfg.lora_targets, cfg.seed),
+                         "shira")
+    else:  # PaFi's entries, so PaFi's rate
+        part = ShiraPart(backbone.model, magnitude_config(mask), "pafi", mask)
+    return [part, _head(backbone)]
+
+
 def _pafi(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
     return [MaskedDeltaPart(backbone.model, mask), _head(backbone)]
 
@@ -78,9 +95,13 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("full", "all weights, dense", False, _full),
         MethodSpec("bitfit", "every bias + head", False, _bitfit),
         MethodSpec("lora", "LoRA factors (peft) + head", False, _lora),
+        MethodSpec("lora-ts", "LoRA factors with a learned per-token gate (TS-PEFT) + head; "
+                   "cannot merge", False, _lora_ts),
         MethodSpec("pafi", "masked deltas + head", True, _pafi),
         MethodSpec("hiwi", "HiWi adapter + head", False, _hiwi_only),
         MethodSpec("pafi-hiwi", "masked deltas + HiWi + head", True, _pafi_hiwi),
+        MethodSpec("shira", "SHiRA sparse weight entries (peft), random or PaFi's mask + head",
+                   lambda cfg: cfg.shira_mask == "magnitude", _shira),
         MethodSpec("sparse-local", "each client's own top-k by gradient salience + head, "
                    "values + indices", False, _sparse_local),
     )
@@ -92,5 +113,5 @@ def build_method(backbone: Backbone, cfg: RunConfig) -> Method:
     if cfg.method not in METHODS:
         raise ConfigError(f"Unknown method '{cfg.method}'. Allowed: {', '.join(METHODS)}.")
     spec = METHODS[cfg.method]
-    mask = backbone_mask(backbone, cfg) if spec.uses_mask else None
+    mask = backbone_mask(backbone, cfg) if spec.needs_mask(cfg) else None
     return Method(spec, backbone, cfg, mask)

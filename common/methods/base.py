@@ -82,6 +82,16 @@ class Part(ABC):
     def post_step(self) -> None:
         """Called after each optimizer step (PaFi writes its deltas into the weights)."""
 
+    def penalty(self) -> torch.Tensor | None:
+        """A term this part adds to the training loss (lora-ts: its sparsity pressure),
+        from the forward pass just run; None for none."""
+        return None
+
+    def metrics(self) -> dict[str, float]:
+        """What the part measured since the last load (lora-ts: the share of tokens gated
+        on); reported in a client's reply and, for the dev set, in the round log."""
+        return {}
+
     def compact(self) -> State:
         """The state in merge-ready form (for the update file); by default the state."""
         return self.state()
@@ -97,8 +107,12 @@ class MethodSpec:
 
     name: str
     summary: str
-    uses_mask: bool
+    uses_mask: bool | Callable[[RunConfig], bool]  # a rule where a setting decides (shira)
     build_parts: Callable[[Backbone, RunConfig, Mask | None], list[Part]]
+
+    def needs_mask(self, cfg: RunConfig) -> bool:
+        """Whether this run builds the shared PaFi mask (and checks its fingerprint)."""
+        return self.uses_mask(cfg) if callable(self.uses_mask) else self.uses_mask
 
 
 class Method:
@@ -157,6 +171,14 @@ class Method:
     def post_step(self) -> None:
         for part in self.parts:
             part.post_step()
+
+    def penalty(self) -> torch.Tensor | None:
+        """The parts' loss terms for the forward pass just run, summed (None: no part adds one)."""
+        terms = [t for part in self.parts if (t := part.penalty()) is not None]
+        return sum(terms) if terms else None
+
+    def metrics(self) -> dict[str, float]:
+        return {k: v for part in self.parts for k, v in part.metrics().items()}
 
     def update(self) -> State:
         """Local change since the last load, in the same layout as the state."""

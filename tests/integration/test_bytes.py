@@ -41,7 +41,10 @@ def expected_values(method: str, session: Session) -> int:
     lora = LAYERS * 2 * 8 * (HIDDEN + HIDDEN)  # query and value, rank 8, in + out
     pafi = round(0.005 * LAYERS * (4 * HIDDEN * HIDDEN + 2 * HIDDEN * FFN))
     hiwi = LAYERS * FFN  # the merged change of each FFN input bias
-    return HEAD + {"lora": lora, "pafi": pafi, "hiwi": hiwi, "pafi-hiwi": pafi + hiwi,
+    shira = (pafi if session.cfg.shira_mask == "magnitude"  # PaFi's k entries, values only
+             else LAYERS * 2 * 32 * (HIDDEN + HIDDEN))  # peft's r=32 on query and value
+    return HEAD + {"lora": lora, "lora-ts": lora + LAYERS * 2,  # + a threshold per layer
+                   "pafi": pafi, "hiwi": hiwi, "pafi-hiwi": pafi + hiwi, "shira": shira,
                    "sparse-local": pafi}[method]
 
 
@@ -58,9 +61,10 @@ def client_update(method: Method) -> State:
     return update
 
 
-@pytest.mark.parametrize("method", list(METHODS))
-def test_bytes_follow_values_times_codec_bits(method):
-    session = Session.build(RunConfig(method=method, device="cpu"))
+@pytest.mark.parametrize("method, extra", [*((m, {}) for m in METHODS),
+                                           ("shira", {"shira_mask": "magnitude"})])
+def test_bytes_follow_values_times_codec_bits(method, extra):
+    session = Session.build(RunConfig(method=method, device="cpu", **extra))
     values, indices = session.method.num_values(), session.method.num_indices()
     assert values == expected_values(method, session)
     assert indices == (values - HEAD if method == "sparse-local" else 0)

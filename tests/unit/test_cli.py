@@ -12,7 +12,7 @@ from simulations.cli import main
 
 @pytest.mark.parametrize("args, message", [
     (["simulate", "--method", "lorax"],
-     "Unknown method 'lorax'. Allowed: full, bitfit, lora, pafi"),
+     "Unknown method 'lorax'. Allowed: full, bitfit, lora, lora-ts, pafi"),
     (["simulate", "--task", "imdb"], "Unknown task 'imdb'"),
     (["simulate", "--codec", "zip"], "Unknown codec 'zip'"),
     (["simulate", "--rounds", "two"], "'rounds' expects int"),

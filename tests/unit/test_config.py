@@ -27,10 +27,13 @@ def test_from_mapping_coerces_strings_and_accepts_both_spellings():
 
 @pytest.mark.parametrize("values, message", [
     ({"method": "lorax"},
-     "Unknown method 'lorax'. Allowed: full, bitfit, lora, pafi, hiwi, pafi-hiwi"),
+     "Unknown method 'lorax'. Allowed: full, bitfit, lora, lora-ts, pafi, hiwi, pafi-hiwi, shira"),
     ({"task": "imdb"}, "Unknown task 'imdb'"),
     ({"codec": "int4"}, "Unknown codec 'int4'. Allowed: fp32, fp16, bf16, int8"),
     ({"mask-scope": "local"}, "Allowed: global, per-tensor"),
+    ({"shira-mask": "salient"}, "Unknown shira-mask 'salient'. Allowed: random, magnitude"),
+    ({"shira-r": 0}, "shira-r must be > 0"),
+    ({"lora-ts-penalty": -1}, "lora-ts-penalty must be >= 0"),
     ({"mask-include": "bias,heads"}, "Unknown mask-include 'heads'"),
     ({"sparsity": 2.0}, "sparsity is a fraction"),
     ({"clients-per-round": 9}, "clients-per-round must be between 1 and num-clients"),

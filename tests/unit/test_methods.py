@@ -30,6 +30,7 @@ VARIANTS = [
     ("pafi-hiwi", "merged", "bias"),
     ("pafi-hiwi", "adapter", "weight"),  # HiWi on weights that PaFi also masks
     ("sparse-local", "merged", "bias"),
+    ("shira", "merged", "bias"),
 ]
 
 
@@ -45,7 +46,7 @@ def batch(tiny_model_dir):
 
 def _method(model_dir, name, sync="merged", target="bias", **extra):
     cfg = RunConfig(method=name, model=str(model_dir), sparsity=0.05, hiwi_sync=sync,
-                    hiwi_target=target, **extra)
+                    hiwi_target=target, **{"shira_r": 4, **extra})  # r=32 outgrows 32 x 32
     return build_method(load_backbone(str(model_dir), TASK, seed=0), cfg)
 
 
@@ -68,8 +69,8 @@ def _train(method, batch, steps=3):
 
 
 def test_registry_has_the_core_methods():
-    assert list(METHODS) == ["full", "bitfit", "lora", "pafi", "hiwi", "pafi-hiwi",
-                             "sparse-local"]
+    assert list(METHODS) == ["full", "bitfit", "lora", "lora-ts", "pafi", "hiwi", "pafi-hiwi",
+                             "shira", "sparse-local"]
 
 
 @pytest.mark.parametrize("name, sync, target", VARIANTS)
