@@ -3,7 +3,9 @@
 A unit is a module or folder of `common/methods` that holds every part of one method
 (`pafi/`: the mask and its part; `hiwi/`: the adapter and its part; `lora.py`, ...). An
 entry lists a method's parts in `Stage` order (`base.py` says why the order matters);
-building a method refuses any other order.
+building a method refuses any other order. The units built on `peft` (LoRA, TS-PEFT,
+SHiRA) are imported when one of their methods is built: importing peft takes about 2 s,
+which every Ray worker and server would pay for methods that never use it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from common.errors import ConfigError
 from common.methods.base import Method, MethodSpec, Part, Stage
 from common.methods.head import DensePart
 from common.methods.hiwi import HiWiPart
-from common.methods.lora import LoRAPart, lora_config
-from common.methods.lora_ts import GatedLoRAPart
 from common.methods.pafi import (
     Mask,
     MaskedDeltaPart,
@@ -23,7 +23,6 @@ from common.methods.pafi import (
     eligible_parameters,
     mask_settings,
 )
-from common.methods.shira import ShiraPart, magnitude_config, random_config
 from common.methods.sparse_local import SparseLocalPart
 
 if TYPE_CHECKING:
@@ -52,17 +51,24 @@ def _bitfit(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]
 
 
 def _lora(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
+    from common.methods.lora import LoRAPart, lora_config
+
     config = lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     return [LoRAPart(backbone.model, config, cfg.seed), _head(backbone)]
 
 
 def _lora_ts(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
+    from common.methods.lora import lora_config
+    from common.methods.lora_ts import GatedLoRAPart
+
     config = lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     return [GatedLoRAPart(backbone.model, config, cfg.seed, cfg.lora_ts_penalty),
             _head(backbone)]
 
 
 def _shira(backbone: Backbone, cfg: RunConfig, mask: Mask | None) -> list[Part]:
+    from common.methods.shira import ShiraPart, magnitude_config, random_config
+
     if mask is None:  # peft's random mask on LoRA's targets, at its own rate
         part = ShiraPart(backbone.model, random_config(cfg.shira_r, cfg.lora_targets, cfg.seed),
                          "shira")

@@ -32,3 +32,8 @@ def test_the_methods_do_not_import_the_settings():
     """config checks method names against the registry; nothing under common.methods
     imports config back at run time (RunConfig appears in annotations only)."""
     assert _loaded_after("import common.methods", ("common.config",)) == []
+
+
+def test_peft_is_imported_only_by_a_method_that_uses_it():
+    """Every Ray worker imports the ClientApp; peft costs ~2 s there for pafi-hiwi."""
+    assert _loaded_after("import client.app\nimport server.app", ("peft",)) == []
