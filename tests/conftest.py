@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from flwr.supercore.task_identity import TaskIdentity
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,3 +40,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny import save_tiny_backbone
 
     return save_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def server_process(monkeypatch):
+    """What a ServerApp process has set, and one torch thread: on a small shared CPU,
+    torch's threads wait on each other and the tiny model's steps take ten times longer."""
+    for name in ("_run_id", "_task_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
