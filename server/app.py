@@ -44,7 +44,7 @@ def serve(grid: Grid, cfg: RunConfig, resume: RunFolder | None = None) -> Path:
     largest_shard = _show_partitions(session, folder)
 
     strategy = FedPafiStrategy(session)
-    secure = secure_workflow(strategy, largest_shard) if cfg.secagg else None
+    secure = secure_workflow(cfg, largest_shard) if cfg.secagg else None
     records, initial = [], None
     if resume:
         done, state, info = folder.load_checkpoint()

@@ -38,14 +38,14 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from common import protocol as p
-from common.config import SECAGG_MODULUS
+from common.config import SECAGG_MODULUS, RunConfig
 from common.privacy import noised_mean
 from common.updates import VALUES, unpack_state
 from server.strategy import FedPafiStrategy, RejectedReply, RoundTraffic, ValidReply
 from server.traffic import message_bytes
 
 
-def secure_workflow(strategy: FedPafiStrategy, largest_shard: int) -> SecAggPlusWorkflow:
+def secure_workflow(cfg: RunConfig, largest_shard: int) -> SecAggPlusWorkflow:
     """Flower's workflow with the run's settings.
 
     The mod multiplies each update by its weight, examples / max-weight, before it clips
@@ -54,7 +54,6 @@ def secure_workflow(strategy: FedPafiStrategy, largest_shard: int) -> SecAggPlus
     most 1 (the clipping range bounds the largest client's values within a factor 2) and an
     exact multiple of 1 / quantization-range, so the mean keeps FedAvg's weights exactly.
     Under DP every client weighs 1 (the DP mean is unweighted)."""
-    cfg = strategy.session.cfg
     return SecAggPlusWorkflow(
         num_shares=cfg.secagg_shares or 1.0,  # Flower's 1.0: every sampled client
         reconstruction_threshold=cfg.secagg_reconstruction_threshold,

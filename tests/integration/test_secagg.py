@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 import client.faults
 import client.secagg
 from common.config import RunConfig
+from common.privacy import private_mean
+from common.updates import VALUES, unpack_state
 from server.app import serve
 from server.strategy import FedPafiStrategy
 from server.traffic import message_bytes
@@ -28,16 +31,18 @@ flower_mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggp
 LOST = 2  # the partition that crashes once it has shared its keys
 
 
-def test_one_client_lost_after_sharing_keys_leaves_the_fedavg_of_the_others(
-        tiny_model_dir, glue_dir, tmp_path, server_process, monkeypatch):
-    cfg = RunConfig(model=str(tiny_model_dir), method="pafi", sparsity=0.05, task="sst2",
-                    num_clients=3, rounds=1, local_steps=3, max_seq_length=32,
-                    eval_max_examples=32, seed=1, secagg=True, device="cpu",
-                    data_dir=str(glue_dir), out=str(tmp_path), run_name="secagg").validate()
-    # the lost client crashes in the masking stage: the fault mod runs inside SecAgg+'s
-    monkeypatch.setattr(client.faults, "pick_fault",
-                        lambda cfg, server_round, partition: "crash" if partition == LOST else None)
-    sent, quantized, stepped = {}, [], []  # what each client put in, what the server stepped on
+@dataclass
+class Spied:
+    """What a run's clients put into the secure sum, and what came out of it."""
+
+    sent: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)  # values, weight
+    quantized: list[np.ndarray] = field(default_factory=list)  # as the mod masks them
+    stepped: list[np.ndarray] = field(default_factory=list)  # what the optimizer stepped on
+    layout: dict = field(default_factory=dict)
+
+
+def spy(monkeypatch) -> Spied:
+    spied = Spied()
     as_fit_reply, quantize, step = (client.secagg.as_fit_reply, flower_mod.quantize,
                                     FedPafiStrategy.step)
 
@@ -45,22 +50,41 @@ def test_one_client_lost_after_sharing_keys_leaves_the_fedavg_of_the_others(
         fit = as_fit_reply(reply, msg)
         values = bytes_to_ndarray(fit["fitres.parameters"]["0"].data)  # before the mod empties it
         partition = int(reply["metrics"]["partition-id"])
-        sent[partition] = (values.copy(), int(fit["fitres.num_examples"]["num_examples"]))
+        spied.sent[partition] = (values.copy(), int(fit["fitres.num_examples"]["num_examples"]))
         return fit
 
     def spy_quantize(parameters, clipping_range, target_range):
-        quantized.append(quantize(parameters, clipping_range, target_range))
-        return quantized[-1]
+        spied.quantized.append(quantize(parameters, clipping_range, target_range)[0])
+        return [spied.quantized[-1]]
 
     def spy_step(self, accepted, combined, server_round):
-        stepped.append(torch.cat([v.reshape(-1) for v in combined.values()]).double().numpy())
+        spied.stepped.append(torch.cat([v.reshape(-1) for v in combined.values()]).double().numpy())
+        spied.layout = self.session.method.layout
         return step(self, accepted, combined, server_round)
 
     monkeypatch.setattr(client.secagg, "as_fit_reply", spy_reply)
     monkeypatch.setattr(flower_mod, "quantize", spy_quantize)
     monkeypatch.setattr(FedPafiStrategy, "step", spy_step)
+    return spied
+
+
+def settings(tiny_model_dir, glue_dir, tmp_path, **changes) -> RunConfig:
+    return RunConfig(model=str(tiny_model_dir), method="pafi", sparsity=0.05, task="sst2",
+                     num_clients=3, rounds=1, local_steps=3, max_seq_length=32,
+                     eval_max_examples=32, seed=1, secagg=True, device="cpu",
+                     data_dir=str(glue_dir), out=str(tmp_path), **changes).validate()
+
+
+def test_one_client_lost_after_sharing_keys_leaves_the_fedavg_of_the_others(
+        tiny_model_dir, glue_dir, tmp_path, server_process, monkeypatch):
+    cfg = settings(tiny_model_dir, glue_dir, tmp_path)
+    # the lost client crashes in the masking stage: the fault mod runs inside SecAgg+'s
+    monkeypatch.setattr(client.faults, "pick_fault",
+                        lambda cfg, server_round, partition: "crash" if partition == LOST else None)
+    spied = spy(monkeypatch)
     grid = ClientGrid(3)
     (record,) = [json.loads(line) for line in (serve(grid, cfg) / "rounds.jsonl").open()]
+    sent, quantized, stepped = spied.sent, spied.quantized, spied.stepped
 
     # the round went on without the lost client, named with the reason
     assert sorted(sent) == [0, 1]  # the lost one crashed before its update was made
@@ -84,7 +108,7 @@ def test_one_client_lost_after_sharing_keys_leaves_the_fedavg_of_the_others(
     assert len(masked) == 2 and len(quantized) == 2
     for (_, masked_values) in masked:
         for plain in quantized:
-            assert np.mean(masked_values == plain[0]) < 0.01
+            assert np.mean(masked_values == plain) < 0.01
     assert {len(m[1]) for m in masked} == {len(updates[0])}
 
     # every stage's messages are counted, both ways
@@ -93,3 +117,22 @@ def test_one_client_lost_after_sharing_keys_leaves_the_fedavg_of_the_others(
     assert record["bytes_up"] == sum(message_bytes(r) for r in grid.received)
     assert record["bytes_up"] == sum(s["up"] for s in record["secagg"]["bytes"].values())
     assert record["bytes_down"] == sum(s["down"] for s in record["secagg"]["bytes"].values())
+
+
+def test_with_dp_and_fedadam_the_noise_goes_on_the_secure_sum(
+        tiny_model_dir, glue_dir, tmp_path, server_process, monkeypatch):
+    """Each client clips its own update; the server's noise is the plain DP run's (the same
+    seeded draw), added to the secure sum; FedAdam steps on the result."""
+    cfg = settings(tiny_model_dir, glue_dir, tmp_path, dp_clipping_norm=0.05,
+                   dp_noise_multiplier=0.5, server_opt="fedadam")
+    spied = spy(monkeypatch)
+    (record,) = [json.loads(line) for line in (serve(ClientGrid(3), cfg) / "rounds.jsonl").open()]
+    assert len(record["clients"]) == 3 and "epsilon" in record
+    clipped = [values for values, weight in spied.sent.values()]
+    assert [weight for _, weight in spied.sent.values()] == [1, 1, 1]  # DP: unweighted
+    assert all(np.linalg.norm(v) <= 0.05 * (1 + 1e-6) for v in clipped)
+    states = [unpack_state({VALUES: v.astype(np.float32)}, spied.layout) for v in clipped]
+    plain = torch.cat([v.reshape(-1) for v in private_mean(cfg, states, 1).values()]).numpy()
+    (secure,) = spied.stepped
+    assert np.abs(secure - plain).max() <= record["secagg"]["tolerance"]
+    assert np.abs(plain - np.mean(clipped, axis=0)).max() > 100 * record["secagg"]["tolerance"]
