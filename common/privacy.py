@@ -15,6 +15,10 @@ not the whole model):
    `dp-noise-multiplier`) is added to every value of that mean, before the server optimizer.
    Its generator is seeded by the run seed and the round, so a resumed run draws the same.
 
+With `--secagg` the server never holds a single update: each client clips its own in
+step 1 (`clip`, as Flower's client-side fixed clipping) and sends it with weight 1 into
+the secure sum, and the server applies steps 2 and 3 to that sum (`noised_mean`).
+
 The clipping and the standard deviation are Flower's numpy helpers. The noise is drawn here
 because Flower's draws from numpy's global generator, which the run seed does not reach.
 

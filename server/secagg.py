@@ -9,17 +9,18 @@ its two calls from `FedPafiStrategy`: `configure_fit` samples the round's client
 round does and sends them the same global state and config, and `aggregate_fit` receives
 the mean, which goes through DP noise (when on) to the server optimizer.
 
-The grid it talks through (`LedgerGrid`) counts every stage's messages both ways, so the
-round's bytes include the protocol's own, and checks each masked reply as a plain reply is
-checked (mask fingerprint, codec, example count, and the masked vector's length instead of
-the update's). A refused reply is left out of the workflow's view, which then treats its
-client as lost after sharing keys: its masks are rebuilt from the others' shares and its
-update never reaches the sum.
+The grid it talks through (`LedgerGrid`) counts every stage's messages both ways (and its
+seconds), so the round's bytes include the protocol's own, and checks each masked reply as
+a plain reply is checked (mask fingerprint, codec, example count, and the masked vector's
+length instead of the update's). A refused reply is left out of the workflow's view, which
+then treats its client as lost after sharing keys: its masks are rebuilt from the others'
+shares and its update never reaches the sum.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -145,12 +146,14 @@ class LedgerGrid:
         stage = str(messages[0].content[RECORD_KEY_CONFIGS][Key.STAGE]) if messages else ""
         for message in messages:
             self.down[message.metadata.dst_node_id] += message_bytes(message)
-            self.stage_bytes(stage)["down"] += message_bytes(message)
+            self.stage(stage)["down"] += message_bytes(message)
         self.traffic.sent += messages
+        started = time.perf_counter()
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        self.stage(stage)["wall_s"] = time.perf_counter() - started
         for reply in replies:
             self.up[self.traffic.node_of(reply)] += message_bytes(reply)
-            self.stage_bytes(stage)["up"] += message_bytes(reply)
+            self.stage(stage)["up"] += message_bytes(reply)
         sent_to = [m.metadata.dst_node_id for m in messages]
         if stage == Stage.COLLECT_MASKED_VECTORS:
             self.accepted = self.strategy.accept(self.traffic, replies, self._checked, sent_to)
@@ -170,8 +173,10 @@ class LedgerGrid:
                 self.traffic.rejected.append({"node_id": node,
                                               "reason": f"SecAgg+ stage {stage}: {why}"})
 
-    def stage_bytes(self, stage: str) -> dict[str, int]:
-        return self.traffic.secagg.setdefault("bytes", {}).setdefault(stage, {"up": 0, "down": 0})
+    def stage(self, stage: str) -> dict[str, float]:
+        """What a stage cost: bytes up and down, and the seconds it took."""
+        return self.traffic.secagg.setdefault("stages", {}).setdefault(
+            stage, {"up": 0, "down": 0, "wall_s": 0.0})
 
     def _checked(self, reply: Message) -> ValidReply:
         """A masked reply checked as a plain one is, its masked vector's length included."""

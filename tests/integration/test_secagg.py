@@ -28,7 +28,7 @@ from tests.client_grid import ClientGrid
 
 pytestmark = pytest.mark.integration
 flower_mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
-LOST = 2  # the partition that crashes once it has shared its keys
+LOST = 2  # the partition lost once it has shared its keys
 
 
 @dataclass
@@ -75,22 +75,25 @@ def settings(tiny_model_dir, glue_dir, tmp_path, **changes) -> RunConfig:
                      data_dir=str(glue_dir), out=str(tmp_path), **changes).validate()
 
 
+@pytest.mark.parametrize("fault, reason", [("crash", "crashed on purpose"),
+                                           ("wrong-fingerprint", "mask fingerprint")])
 def test_one_client_lost_after_sharing_keys_leaves_the_fedavg_of_the_others(
-        tiny_model_dir, glue_dir, tmp_path, server_process, monkeypatch):
+        tiny_model_dir, glue_dir, tmp_path, server_process, monkeypatch, fault, reason):
+    """Lost in the masking stage (the fault mod runs inside SecAgg+'s): crashed, or its
+    masked reply refused by the server's checks; either way its masks are rebuilt."""
     cfg = settings(tiny_model_dir, glue_dir, tmp_path)
-    # the lost client crashes in the masking stage: the fault mod runs inside SecAgg+'s
     monkeypatch.setattr(client.faults, "pick_fault",
-                        lambda cfg, server_round, partition: "crash" if partition == LOST else None)
+                        lambda cfg, server_round, partition: fault if partition == LOST else None)
     spied = spy(monkeypatch)
     grid = ClientGrid(3)
     (record,) = [json.loads(line) for line in (serve(grid, cfg) / "rounds.jsonl").open()]
     sent, quantized, stepped = spied.sent, spied.quantized, spied.stepped
 
     # the round went on without the lost client, named with the reason
-    assert sorted(sent) == [0, 1]  # the lost one crashed before its update was made
+    assert sorted(sent) == ([0, 1] if fault == "crash" else [0, 1, 2])
     assert record["clients"] == [100, 101] and not record["skipped"]
     assert [r["node_id"] for r in record["rejected"]] == [100 + LOST]
-    assert "crashed on purpose" in record["rejected"][0]["reason"]
+    assert reason in record["rejected"][0]["reason"]
 
     # the secure mean is FedAvg of the survivors, within the stated tolerance
     updates, weights = zip(*(sent[p] for p in (0, 1)))
@@ -105,18 +108,18 @@ def test_one_client_lost_after_sharing_keys_leaves_the_fedavg_of_the_others(
     assert all(len(a) == 0 for r in replies for a in r.content.array_records.values())
     masked = [[bytes_to_ndarray(b) for b in r.content[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
               for r in replies if Key.MASKED_PARAMETERS in r.content[RECORD_KEY_CONFIGS]]
-    assert len(masked) == 2 and len(quantized) == 2
+    assert len(masked) == len(quantized) == len(sent)  # a refused reply was masked too
     for (_, masked_values) in masked:
         for plain in quantized:
             assert np.mean(masked_values == plain) < 0.01
     assert {len(m[1]) for m in masked} == {len(updates[0])}
 
     # every stage's messages are counted, both ways
-    assert set(record["secagg"]["bytes"]) == {"setup", "share_keys", "collect_masked_vectors",
+    assert set(record["secagg"]["stages"]) == {"setup", "share_keys", "collect_masked_vectors",
                                               "unmask"}
     assert record["bytes_up"] == sum(message_bytes(r) for r in grid.received)
-    assert record["bytes_up"] == sum(s["up"] for s in record["secagg"]["bytes"].values())
-    assert record["bytes_down"] == sum(s["down"] for s in record["secagg"]["bytes"].values())
+    assert record["bytes_up"] == sum(s["up"] for s in record["secagg"]["stages"].values())
+    assert record["bytes_down"] == sum(s["down"] for s in record["secagg"]["stages"].values())
 
 
 def test_with_dp_and_fedadam_the_noise_goes_on_the_secure_sum(
@@ -136,3 +139,25 @@ def test_with_dp_and_fedadam_the_noise_goes_on_the_secure_sum(
     (secure,) = spied.stepped
     assert np.abs(secure - plain).max() <= record["secagg"]["tolerance"]
     assert np.abs(plain - np.mean(clipped, axis=0)).max() > 100 * record["secagg"]["tolerance"]
+
+
+def test_a_client_lost_before_sharing_keys_skips_the_round(
+        tiny_model_dir, glue_dir, tmp_path, server_process, monkeypatch, capsys):
+    """Flower's unmask stage needs shares of every sampled client: one lost in setup stops
+    the workflow, and the round is skipped with the model as it was."""
+    cfg = settings(tiny_model_dir, glue_dir, tmp_path)
+    setup = flower_mod._setup
+
+    def lost_in_setup(state, configs):
+        if state.nid == 100 + LOST:
+            raise RuntimeError("lost in setup")
+        return setup(state, configs)
+
+    monkeypatch.setattr(flower_mod, "_setup", lost_in_setup)
+    spied = spy(monkeypatch)
+    run = serve(ClientGrid(3), cfg)
+    (record,) = [json.loads(line) for line in (run / "rounds.jsonl").open()]
+    assert record["skipped"] and record["clients"] == [] and not spied.stepped
+    assert [r["node_id"] for r in record["rejected"]] == [100 + LOST]
+    assert "SecAgg+ stage setup" in record["rejected"][0]["reason"]
+    assert "SecAgg+ stopped with 2 masked updates" in capsys.readouterr().out
