@@ -7,7 +7,9 @@ valid updates combine by `--aggregator` (the example-weighted mean, or a robust 
 `common.aggregators`), or with `--dp-clipping-norm` into the clipped, noised mean of
 `common.privacy`, and the result goes to the server optimizer (FedAvg, FedAdam or
 FedYogi in the method's layout, `common.server_opt`). The ServerApp (`server/app.py`)
-calls these steps in the order of the algorithm, one round after the other.
+calls these steps in the order of the algorithm, one round after the other. With
+`--secagg`, `server/secagg.py` runs Flower's SecAgg+ workflow around the same sampling,
+reply checks (`accept`, `checked_envelope`) and optimizer step (`step`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random BERT for unit tests, and the real GLUE folder.
+"""Shared fixtures: a tiny random BERT for unit tests, the real GLUE folder, and what a
+ServerApp process sets (for whole runs in-process, `tests/client_grid.py`).
 
 `GLUE_DIR` set but wrong fails loudly; unset skips the data tests locally, but under CI
 (`CI` set) a missing `GLUE_DIR` is a failure, so CI can never pass by skipping them.
