@@ -1,7 +1,8 @@
 """SecAgg+ through the real ServerApp and ClientApp, mods included, on GLUE data: three
 clients, one lost after it has shared its keys. The secure mean is FedAvg of the two
 others within the stated tolerance, and nothing the server receives holds a client's
-update, plain or quantized. In-process, on the tiny random BERT (`tests/client_grid.py`).
+update, plain or quantized. In-process, on the tiny random BERT (`tests/client_grid.py`);
+last, one short run of `fedpafi simulate --secagg` on Ray.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from server.app import serve
 from server.strategy import FedPafiStrategy
 from server.traffic import message_bytes
 from tests.client_grid import ClientGrid
+from tests.integration.test_simulation import simulated_run
 
 pytestmark = pytest.mark.integration
 flower_mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
@@ -161,3 +163,15 @@ def test_a_client_lost_before_sharing_keys_skips_the_round(
     assert [r["node_id"] for r in record["rejected"]] == [100 + LOST]
     assert "SecAgg+ stage setup" in record["rejected"][0]["reason"]
     assert "SecAgg+ stopped with 2 masked updates" in capsys.readouterr().out
+
+
+def test_fedpafi_simulate_runs_secagg_on_flowers_simulation_engine(glue_dir, tmp_path):
+    """The real MiniLM on Ray: each SuperNode keeps the mod's state between the stages."""
+    run, printed = simulated_run(["--secagg", "--task", "rte", "--num-clients", "3",
+                                  "--rounds", "1", "--local-steps", "2",
+                                  "--eval-max-examples", "16", "--client-cpus", "1"],
+                                 glue_dir, tmp_path, "ray")
+    assert "secure aggregation (Flower's SecAgg+)" in printed
+    (record,) = [json.loads(line) for line in (run / "rounds.jsonl").open()]
+    assert len(record["clients"]) == 3 and not record["rejected"]
+    assert record["bytes_up"] == sum(s["up"] for s in record["secagg"]["stages"].values())
