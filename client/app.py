@@ -1,8 +1,9 @@
 """fedpafi ClientApp: rebuild the model from the shared state, train locally, reply.
 
 The run config and the global state arrive in the message; the node config gives this
-SuperNode its partition (and optionally its own `data-dir`). Faults staged on purpose
-(--fault-rate) wrap the handler as a Flower mod (`client/faults.py`).
+SuperNode its partition (and optionally its own `data-dir`). Two Flower mods wrap the
+handler: SecAgg+ (--secagg, `client/secagg.py`) outside, so that a fault staged on purpose
+(--fault-rate, `client/faults.py`) strikes after the client has shared its keys.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.faults import inject_faults
+from client.secagg import secure_aggregation
 from common import protocol as p
 from common.config import RunConfig
 from common.errors import ConfigError
@@ -38,7 +40,7 @@ def _shards(task: str, data_dir: str, num: int, alpha: float, iid: bool, seed: i
     return partition(load_split(task, "train", data_dir), num, alpha, iid, seed, task, scheme)
 
 
-@app.train(mods=[inject_faults])
+@app.train(mods=[secure_aggregation, inject_faults])
 def train(msg: Message, context: Context) -> Message:
     clock = Laps()
     config = msg.content[p.CONFIG]

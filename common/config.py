@@ -45,6 +45,9 @@ POISON_SCALE = -10.0
 # A `slow` client answers round-timeout + 1 s late, holding its round for round-timeout:
 # staging it needs a round-timeout given on purpose, no longer than this.
 SLOW_FAULT_MAX_TIMEOUT = 600.0
+# SecAgg+ sums each client's quantized values, each in [0, quantization range), modulo this
+# (Flower's default and largest modulus): the sum of the clients per round must stay below.
+SECAGG_MODULUS = 2**32
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,11 @@ class RunConfig:
     dp_clipping_norm: float = 0.0  # > 0: clip each update to this L2 norm, unweighted mean
     dp_noise_multiplier: float = 0.0  # > 0: Gaussian noise z x clipping norm / sampled clients
     dp_delta: float = 1e-5  # the delta epsilon is reported at (common.privacy)
+    secagg: bool = False  # SecAgg+: the server learns only the sum of the updates
+    secagg_shares: int = 0  # clients each one's key is shared with; 0: every sampled client
+    secagg_threshold: int = 0  # shares that rebuild a key; 0: a majority of the shares
+    secagg_clipping_range: float = 1.0  # each value of a weighted update is clipped to +-this
+    secagg_quantization_range: int = 2**22  # integer levels over the clipping range (Flower's)
     seed: int = 42
     model: str = DEFAULT_MODEL
     data_dir: str = ""  # empty: $GLUE_DIR, else the Hugging Face hub
@@ -171,6 +179,16 @@ class RunConfig:
     @property
     def sampled_clients(self) -> int:
         return self.clients_per_round or self.num_clients
+
+    @property
+    def secagg_share_count(self) -> int:
+        """Clients each client's secrets are shared with (itself included)."""
+        return self.secagg_shares or self.sampled_clients
+
+    @property
+    def secagg_reconstruction_threshold(self) -> int:
+        """Shares that rebuild a client's secret: a majority of them unless given."""
+        return self.secagg_threshold or self.secagg_share_count // 2 + 1
 
     @property
     def fault_kind_list(self) -> tuple[str, ...]:
@@ -263,6 +281,7 @@ class RunConfig:
         self._validate_poisoning()
         self._validate_aggregator()
         self._validate_privacy()
+        self._validate_secagg()
         return self
 
     def _validate_poisoning(self) -> None:
@@ -340,6 +359,53 @@ class RunConfig:
                 "entry, but sparse-local's clients send different entries, so the noise would "
                 "cover entries no client chose; use a shared-mask method such as pafi."
             )
+
+    def _validate_secagg(self) -> None:
+        """SecAgg+ hides every single update from the server, so what needs one is refused,
+        as are key-sharing settings Flower's workflow cannot run and a sum that overflows."""
+        if not self.secagg:
+            return
+        m, shares = self.sampled_clients, self.secagg_share_count
+        threshold = self.secagg_reconstruction_threshold
+        refusals = [
+            (m < 2, f"secagg needs at least 2 clients per round (the sum of one client is its "
+                    f"update), got {m}; raise num-clients or clients-per-round."),
+            (self.aggregator != "fedavg",
+             f"aggregator {self.aggregator} needs each client's update, but secagg shows the "
+             f"server only their sum; use aggregator fedavg with secagg, or drop secagg."),
+            (self.method == "sparse-local",
+             "secagg sums the clients' vectors value by value, but sparse-local's clients "
+             "send different entries (and their indices); use a shared-mask method such as "
+             "pafi."),
+            (self.max_update_norm > 0,
+             "max-update-norm checks each update's norm, but secagg shows the server only "
+             "their sum; drop max-update-norm (secagg-clipping-range bounds each value of "
+             "an honest client's update instead)."),
+            (self.codec != "fp32",
+             f"codec {self.codec} would add its own rounding before secagg's quantization "
+             f"(secagg-quantization-range), which replaces it on the wire; use codec fp32."),
+            (self.secagg_shares != 0 and not 3 <= self.secagg_shares <= m,
+             f"secagg-shares must be 0 (every sampled client) or between 3 and the clients "
+             f"sampled per round ({m}), got {self.secagg_shares}."),
+            (self.secagg_shares not in (0, m) and self.secagg_shares % 2 == 0,
+             f"secagg-shares {self.secagg_shares} is even; give an odd number (each client "
+             f"shares with as many neighbours on either side), or 0 for every client."),
+            (threshold > m,
+             f"secagg-threshold {threshold} is above the clients sampled per round ({m}): "
+             f"no key could ever be rebuilt; give at most {m}."),
+            (not 2 <= threshold <= shares or (self.secagg_shares and threshold >= shares),
+             f"secagg-threshold must be at least 2 and below secagg-shares ({shares}; at most "
+             f"all of them when secagg-shares is 0), got {threshold}."),
+            (self.secagg_clipping_range <= 0,
+             f"secagg-clipping-range must be > 0, got {self.secagg_clipping_range}."),
+            (not 0 < self.secagg_quantization_range * m < SECAGG_MODULUS,
+             f"secagg-quantization-range {self.secagg_quantization_range} x {m} clients per "
+             f"round must be in (0, 2^32) (the secure sum is taken modulo 2^32); give at "
+             f"most {(SECAGG_MODULUS - 1) // m}."),
+        ]
+        for refused, sentence in refusals:
+            if refused:
+                raise ConfigError(sentence)
 
 
 def _kebab(name: str) -> str:

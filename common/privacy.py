@@ -15,6 +15,10 @@ not the whole model):
    `dp-noise-multiplier`) is added to every value of that mean, before the server optimizer.
    Its generator is seeded by the run seed and the round, so a resumed run draws the same.
 
+With `--secagg` the server never holds a single update: each client clips its own in
+step 1 (`clip`, as Flower's client-side fixed clipping) and sends it with weight 1 into
+the secure sum, and the server applies steps 2 and 3 to that sum (`noised_mean`).
+
 The clipping and the standard deviation are Flower's numpy helpers. The noise is drawn here
 because Flower's draws from numpy's global generator, which the run seed does not reach.
 
@@ -45,22 +49,32 @@ def noise_generator(seed: int, server_round: int) -> np.random.Generator:
 def private_mean(cfg: RunConfig, updates: list[State], server_round: int) -> State:
     """The sum of the updates, each clipped to `dp-clipping-norm`, over the clients sampled
     per round, plus Gaussian noise of std z C / m from the round's generator."""
-    # Flower only where DP runs: this module stays a light leaf of common/
-    from flwr.supercore.differential_privacy import clip_inputs_inplace, compute_stdv, get_norm
+    clipped = [clip(cfg, update) for update in updates]
+    return noised_mean(cfg, {k: sum(c[k] for c in clipped) for k in clipped[0]}, server_round)
 
-    keys = list(updates[0])
-    total = [np.zeros(updates[0][k].shape) for k in keys]
-    for update in updates:
-        arrays = [update[k].double().numpy().copy() for k in keys]
-        if get_norm(arrays) > cfg.dp_clipping_norm:  # Flower's clip divides by the norm
-            clip_inputs_inplace(arrays, cfg.dp_clipping_norm)
-        for summed, array in zip(total, arrays):
-            summed += array
+
+def clip(cfg: RunConfig, update: State) -> State:
+    """The update scaled down to L2 norm `dp-clipping-norm` over all its parts, when larger
+    (in float64). With secagg each client clips its own, as Flower's client-side clipping."""
+    # Flower only where DP runs: this module stays a light leaf of common/
+    from flwr.supercore.differential_privacy import clip_inputs_inplace, get_norm
+
+    arrays = [value.double().numpy().copy() for value in update.values()]
+    if get_norm(arrays) > cfg.dp_clipping_norm:  # Flower's clip divides by the norm
+        clip_inputs_inplace(arrays, cfg.dp_clipping_norm)
+    return {k: torch.from_numpy(a) for k, a in zip(update, arrays)}
+
+
+def noised_mean(cfg: RunConfig, total: State, server_round: int) -> State:
+    """A sum of clipped updates over the clients sampled per round, plus the round's noise."""
+    from flwr.supercore.differential_privacy import compute_stdv
+
     sampled = cfg.sampled_clients
     std = compute_stdv(cfg.dp_noise_multiplier, cfg.dp_clipping_norm, sampled)
     rng = noise_generator(cfg.seed, server_round)
-    return {k: torch.as_tensor(t / sampled + rng.normal(0.0, std, t.shape), dtype=torch.float32)
-            for k, t in zip(keys, total)}
+    return {k: torch.as_tensor(t.double().numpy() / sampled + rng.normal(0.0, std, t.shape),
+                               dtype=torch.float32)
+            for k, t in total.items()}
 
 
 def epsilon(cfg: RunConfig, releases: int) -> float:

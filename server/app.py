@@ -2,8 +2,9 @@
 
 1. Build the session: backbone, shared mask and its fingerprint, the method's layout.
 2. Each round (`play_round`): sample the clients and send them the global state, validate
-   and average the replies in the method's update space, step the server optimizer,
-   evaluate the global model on the dev set, checkpoint, log.
+   and average the replies in the method's update space (with --secagg, Flower's SecAgg+
+   sums them instead, `server/secagg.py`), step the server optimizer, evaluate the global
+   model on the dev set, checkpoint, log.
 3. End: merge the global update into a plain checkpoint and save the compact update.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flwr.app import Context
+from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.serverapp import Grid, ServerApp
 
 from common import plots, report
@@ -23,6 +25,7 @@ from common.run_folder import RunFolder
 from common.session import Session
 from common.train import evaluate
 from server.round_log import RoundLog
+from server.secagg import secure_round, secure_workflow
 from server.strategy import FedPafiStrategy
 
 app = ServerApp()
@@ -39,9 +42,10 @@ def serve(grid: Grid, cfg: RunConfig, resume: RunFolder | None = None) -> Path:
     folder = resume or RunFolder.create(cfg)
     print(f"fedpafi run folder: {folder.path}", flush=True)
     _describe(session)
-    _show_partitions(session, folder)
+    largest_shard = _show_partitions(session, folder)
 
     strategy = FedPafiStrategy(session)
+    secure = secure_workflow(cfg, largest_shard) if cfg.secagg else None
     records, initial = [], None
     if resume:
         done, state, info = folder.load_checkpoint()
@@ -52,28 +56,33 @@ def serve(grid: Grid, cfg: RunConfig, resume: RunFolder | None = None) -> Path:
     if rounds_left:
         log.start(*strategy.evaluate())
     for loop_round in range(1, rounds_left + 1):
-        play_round(grid, strategy, folder, log, loop_round)
+        play_round(grid, strategy, folder, log, loop_round, secure)
     folder.close()  # the TensorBoard writer
     _finish(session, strategy, log, folder)
     return folder.path
 
 
 def play_round(grid: Grid, strategy: FedPafiStrategy, folder: RunFolder, log: RoundLog,
-               loop_round: int) -> None:
+               loop_round: int, secure: SecAggPlusWorkflow | None = None) -> None:
     """One federated round, in the order of the algorithm. `loop_round` counts this
     process's rounds from 1, as Flower's strategies do; a resumed run's strategy adds the
-    rounds done before it."""
+    rounds done before it. With `secure`, SecAgg+ replaces the exchange and the average."""
     cfg, server_round = strategy.session.cfg, strategy.round_offset + loop_round
-    # sample the clients; each gets the global state, the run config and the fingerprint
-    instructions = strategy.configure_train(loop_round, strategy.global_arrays(),
-                                            strategy.base_config(), grid)
-    laps = strategy.traffic[server_round].laps
-    laps.lap("configure")
-    replies = grid.send_and_receive(instructions, timeout=cfg.round_timeout)
-    laps.lap("clients")
-    # validate every reply, average the valid ones, step the server optimizer
-    strategy.aggregate_train(loop_round, replies)
-    laps.lap("aggregate")
+    if secure:  # the same sample and state; the server learns only the replies' mean
+        secure_round(grid, strategy, secure, loop_round)
+        laps = strategy.traffic[server_round].laps
+        laps.lap("secure-aggregation")
+    else:
+        # sample the clients; each gets the global state, the run config and the fingerprint
+        instructions = strategy.configure_train(loop_round, strategy.global_arrays(),
+                                                strategy.base_config(), grid)
+        laps = strategy.traffic[server_round].laps
+        laps.lap("configure")
+        replies = grid.send_and_receive(instructions, timeout=cfg.round_timeout)
+        laps.lap("clients")
+        # validate every reply, average the valid ones, step the server optimizer
+        strategy.aggregate_train(loop_round, replies)
+        laps.lap("aggregate")
     metrics, loss = strategy.evaluate()  # the new global model on the dev set
     laps.lap("evaluate")
     # checkpoint, then log: a round in the log always has its checkpoint to resume from
@@ -84,7 +93,7 @@ def play_round(grid: Grid, strategy: FedPafiStrategy, folder: RunFolder, log: Ro
 
 def _describe(session: Session) -> None:
     """What a user needs to trust the run: the update's size (loud when large), the mask,
-    a robust aggregator, the clients that poison on purpose and the DP noise."""
+    a robust aggregator, the clients that poison on purpose, the DP noise and SecAgg+."""
     method, cfg = session.method, session.cfg
     line = report.update_size(cfg.method, method.num_values(), method.full_values,
                               session.codec.label)
@@ -108,10 +117,19 @@ def _describe(session: Session) -> None:
               f"{m} sampled clients, plus Gaussian noise of std {z:g} x {c:g} / {m} = "
               f"{z * c / m:.4g} per value; epsilon at delta {cfg.dp_delta:g} each round",
               flush=True)
+    if cfg.secagg:
+        c, levels = cfg.secagg_clipping_range, cfg.secagg_quantization_range
+        weight = "1 (DP)" if cfg.dp_clipping_norm else "examples / largest shard's"
+        print(f"secure aggregation (Flower's SecAgg+): the server sees only the sum; keys "
+              f"shared with {cfg.secagg_share_count} of {cfg.sampled_clients} clients, "
+              f"{cfg.secagg_reconstruction_threshold} shares rebuild one; each value of weight "
+              f"({weight}) x update clipped to +-{c:g} and quantized in steps of "
+              f"{2 * c / levels:.3g}", flush=True)
 
 
-def _show_partitions(session: Session, folder: RunFolder) -> None:
-    """Recompute the clients' seeded partitions to print and plot the label skew."""
+def _show_partitions(session: Session, folder: RunFolder) -> int:
+    """Recompute the clients' seeded partitions to print and plot the label skew; returns
+    the largest shard's size (SecAgg+ weighs each update by its share of it)."""
     cfg = session.cfg
     shards, scheme = split(load_split(session.task, "train", cfg.resolved_data_dir),
                            cfg.num_clients, cfg.alpha, cfg.iid, cfg.seed, session.task,
@@ -125,6 +143,7 @@ def _show_partitions(session: Session, folder: RunFolder) -> None:
     print(format_histogram(hist, session.task), flush=True)
     plots.label_histogram(hist, histogram_labels(session.task), folder.path / "label_histogram.png",
                           f"{cfg.task}: labels per client ({how.split(' (')[0]})")
+    return max(len(shard) for shard in shards)
 
 
 def _finish(session: Session, strategy: FedPafiStrategy, log: RoundLog,

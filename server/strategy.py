@@ -7,14 +7,16 @@ valid updates combine by `--aggregator` (the example-weighted mean, or a robust 
 `common.aggregators`), or with `--dp-clipping-norm` into the clipped, noised mean of
 `common.privacy`, and the result goes to the server optimizer (FedAvg, FedAdam or
 FedYogi in the method's layout, `common.server_opt`). The ServerApp (`server/app.py`)
-calls these steps in the order of the algorithm, one round after the other.
+calls these steps in the order of the algorithm, one round after the other. With
+`--secagg`, `server/secagg.py` runs Flower's SecAgg+ workflow around the same sampling,
+reply checks (`accept`, `checked_envelope`) and optimizer step (`step`).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -49,6 +51,7 @@ class RoundTraffic:
     train_loss: float | None = None
     laps: Laps = field(default_factory=Laps)  # the server's phases (`server/app.py`)
     client_seconds: dict[str, float] = field(default_factory=dict)  # summed over valid replies
+    secagg: dict = field(default_factory=dict)  # SecAgg+: bytes by stage, the tolerance
 
     def node_of(self, reply: Message) -> int:
         """The node a reply stands for. The SuperLink answers for an offline node itself
@@ -117,17 +120,25 @@ class FedPafiStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        server_round += self.round_offset
+        nodes = self.sample(grid, server_round)
+        traffic = self.traffic[server_round + self.round_offset]
+        config[p.ROUND] = server_round + self.round_offset
+        record = self._record(arrays, config)
+        messages = [Message(content=record, message_type="train", dst_node_id=n) for n in nodes]
+        traffic.bytes_down = [message_bytes(m) for m in messages[:1]] * len(messages)  # alike
+        traffic.sent = messages
+        return messages
+
+    def sample(self, grid: Grid, loop_round: int) -> list[int]:
+        """This round's clients, drawn from the available nodes by (seed, round); the
+        round's traffic starts here."""
+        server_round = loop_round + self.round_offset
         traffic = self.traffic.setdefault(server_round, RoundTraffic())
         available = self._available_nodes(grid, server_round)
         sampler = random.Random(self.session.cfg.seed * 1_000_003 + server_round)
         nodes = sampler.sample(sorted(available), min(self.min_train_nodes, len(available)))
-        config[p.ROUND] = server_round
-        record = self._record(arrays, config)
-        messages = [Message(content=record, message_type="train", dst_node_id=n) for n in nodes]
-        traffic.bytes_down = [message_bytes(m) for m in messages[:1]] * len(messages)  # alike
-        traffic.sent_to, traffic.sent = nodes, messages
-        return messages
+        traffic.sent_to = nodes
+        return nodes
 
     def _available_nodes(self, grid: Grid, server_round: int) -> list[int]:
         """The nodes to sample from: all of them at the start, then those still online.
@@ -187,46 +198,83 @@ class FedPafiStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
         traffic = self.traffic.setdefault(server_round, RoundTraffic())
+        replies = list(replies)
+        traffic.bytes_up += [message_bytes(r) for r in replies if r.has_content()]  # errors: 0
+        accepted = self.accept(traffic, replies, self._validated, traffic.sent_to)
+        if not self.enough(accepted, server_round):
+            return None, None
+        weights = [r.num_examples for r in accepted]
+        updates, cfg = [r.update for r in accepted], self.session.cfg
+        combined = (private_mean(cfg, updates, server_round) if cfg.dp_clipping_norm
+                    else aggregate(cfg, updates, weights))
+        self.step(accepted, combined, server_round)
+        return self.global_arrays(), MetricRecord({"train-loss": traffic.train_loss})
+
+    def accept(self, traffic: RoundTraffic, replies: list[Message],
+               check: Callable[[Message], ValidReply],
+               sent_to: list[int]) -> list[ValidReply]:
+        """The replies that pass `check`, in partition order; the others, and the nodes of
+        `sent_to` that never replied, go to the round's rejected list with the reason."""
         accepted: list[ValidReply] = []
         replied = set()
         for reply in replies:
             node = traffic.node_of(reply)
             replied.add(node)
-            if reply.has_content():  # an error reply uploads nothing
-                traffic.bytes_up.append(message_bytes(reply))
             try:
-                accepted.append(self._validated(reply))
+                accepted.append(check(reply))
             except FedPafiError as exc:
                 traffic.rejected.append({"node_id": node, "reason": str(exc)})
         timeout = self.session.cfg.round_timeout
         traffic.rejected += [{"node_id": node, "reason": f"no reply within {timeout:g}s"}
-                             for node in traffic.sent_to if node not in replied]
-        if len(accepted) < self.session.cfg.min_replies:
-            traffic.skipped = True
-            print(f"round {server_round} skipped: {len(accepted)} valid replies, min-replies is "
-                  f"{self.session.cfg.min_replies}; the global model stays as it was.", flush=True)
-            return None, None
-        accepted.sort(key=lambda r: r.partition_id)  # a fixed summation order
+                             for node in sent_to if node not in replied]
+        return sorted(accepted, key=lambda r: r.partition_id)  # a fixed summation order
+
+    def enough(self, accepted: list[ValidReply], server_round: int) -> bool:
+        """Whether the round has `min-replies` valid replies; if not, it is skipped."""
+        if len(accepted) >= self.session.cfg.min_replies:
+            return True
+        self.traffic[server_round].skipped = True
+        print(f"round {server_round} skipped: {len(accepted)} valid replies, min-replies is "
+              f"{self.session.cfg.min_replies}; the global model stays as it was.", flush=True)
+        return False
+
+    def step(self, accepted: list[ValidReply], combined: State, server_round: int) -> None:
+        """The server optimizer's step on the round's combined update, and its log."""
+        traffic = self.traffic[server_round]
         traffic.clients = [r.node_id for r in accepted]
-        weights = [r.num_examples for r in accepted]
-        updates, cfg = [r.update for r in accepted], self.session.cfg
-        combined = (private_mean(cfg, updates, server_round) if cfg.dp_clipping_norm
-                    else aggregate(cfg, updates, weights))
         self.state = self.optimizer.step(self.state, combined, server_round)
-        traffic.train_loss = sum(r.num_examples * r.loss for r in accepted) / sum(weights)
+        examples = sum(r.num_examples for r in accepted)
+        traffic.train_loss = sum(r.num_examples * r.loss for r in accepted) / examples
         for reply in accepted:
             for phase, seconds in reply.seconds.items():
                 traffic.client_seconds[phase] = traffic.client_seconds.get(phase, 0.0) + seconds
-        return self.global_arrays(), MetricRecord({"train-loss": traffic.train_loss})
 
     def _validated(self, reply: Message) -> ValidReply:
         """Decode and check one reply, or raise with the reason it is refused."""
+        valid = self.checked_envelope(reply, p.UPDATE)
+        arrays = {key: array.numpy() for key, array in reply.content[p.UPDATE].items()}
+        method = self.session.method
+        if method.sparse_wire and len(arrays.get(INDICES, ())) > method.num_values():
+            raise RejectedReply(f"sparse update carries {len(arrays[INDICES])} values; "
+                                f"the method sends at most {method.num_values()} (k + head)")
+        valid.update = decode_update(arrays, self.session.codec, method.layout,
+                                     method.sparse_wire)
+        bound = self.session.cfg.max_update_norm
+        if bound:
+            norm = float(sum(v.double().pow(2).sum() for v in valid.update.values()) ** 0.5)
+            if norm > bound:
+                raise RejectedReply(f"update norm {norm:.4g} exceeds max-update-norm {bound:g}")
+        return valid
+
+    def checked_envelope(self, reply: Message, payload: str) -> ValidReply:
+        """Check what a reply says about its update (its `payload` record aside): no error,
+        the same mask and codec, a positive example count. Its update is left empty."""
         if reply.has_error():
             raise RejectedReply(f"client error: {reply.error.reason}")
         content = reply.content
-        if any(key not in content for key in (p.UPDATE, p.METRICS, p.REPLY_INFO)):
-            needed = f"{p.UPDATE}, {p.METRICS}, {p.REPLY_INFO}"
-            raise RejectedReply(f"reply lacks a record: needs {needed}")
+        needed = (payload, p.METRICS, p.REPLY_INFO)
+        if any(key not in content for key in needed):
+            raise RejectedReply(f"reply lacks a record: needs {', '.join(needed)}")
         info, metrics = content[p.REPLY_INFO], content[p.METRICS]
         if info.get(p.FINGERPRINT) != self.session.fingerprint:
             raise RejectedReply(
@@ -239,20 +287,9 @@ class FedPafiStrategy(FedAvg):
         num_examples = float(metrics.get(p.NUM_EXAMPLES, 0))
         if not num_examples > 0:
             raise RejectedReply(f"{p.NUM_EXAMPLES} must be > 0, got {num_examples}")
-        arrays = {key: array.numpy() for key, array in content[p.UPDATE].items()}
-        method = self.session.method
-        if method.sparse_wire and len(arrays.get(INDICES, ())) > method.num_values():
-            raise RejectedReply(f"sparse update carries {len(arrays[INDICES])} values; "
-                                f"the method sends at most {method.num_values()} (k + head)")
-        update = decode_update(arrays, self.session.codec, method.layout, method.sparse_wire)
-        bound = self.session.cfg.max_update_norm
-        if bound:
-            norm = float(sum(v.double().pow(2).sum() for v in update.values()) ** 0.5)
-            if norm > bound:
-                raise RejectedReply(f"update norm {norm:.4g} exceeds max-update-norm {bound:g}")
         return ValidReply(
             node_id=reply.metadata.src_node_id,
-            update=update,
+            update={},
             num_examples=num_examples,
             partition_id=int(metrics.get(p.PARTITION, 0)),
             loss=float(metrics.get("train-loss", float("nan"))),
@@ -264,7 +301,7 @@ class FedPafiStrategy(FedAvg):
 @dataclass
 class ValidReply:
     node_id: int
-    update: State
+    update: State  # empty under secagg: the server sees only the sum
     num_examples: float
     partition_id: int
     loss: float

@@ -73,6 +73,14 @@ HELP = {
     "dp-noise-multiplier": "DP: Gaussian noise of std this x dp-clipping-norm / clients per "
                            "round on the mean (compare: a comma list)",
     "dp-delta": "DP: the delta epsilon is reported at, below 1 / num-clients",
+    "secagg": "SecAgg+ (Flower's): the server learns only the sum of the updates",
+    "secagg-shares": "SecAgg+: clients each key is shared with, odd (0: every sampled client)",
+    "secagg-threshold": "SecAgg+: shares that rebuild a key, at most the clients per round "
+                        "(0: a majority of the shares)",
+    "secagg-clipping-range": "SecAgg+: each value of weight x update is clipped to +-this "
+                             "(weight: examples / largest shard's)",
+    "secagg-quantization-range": "SecAgg+: integer levels over the clipping range; times the "
+                                 "clients per round below 2^32",
     "fault-kinds": "comma list of crash, nan, wrong-length, wrong-fingerprint, slow, poison",
     "poison-fraction": f"share of clients (the first partitions) that send {POISON_SCALE:g} x "
                        f"their update (compare: a comma list)",

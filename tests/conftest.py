@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random BERT for unit tests, and the real GLUE folder.
+"""Shared fixtures: a tiny random BERT for unit tests, the real GLUE folder, and what a
+ServerApp process sets (for whole runs in-process, `tests/client_grid.py`).
 
 `GLUE_DIR` set but wrong fails loudly; unset skips the data tests locally, but under CI
 (`CI` set) a missing `GLUE_DIR` is a failure, so CI can never pass by skipping them.
@@ -10,6 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from flwr.supercore.task_identity import TaskIdentity
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,3 +41,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny import save_tiny_backbone
 
     return save_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def server_process(monkeypatch):
+    """What a ServerApp process has set, and one torch thread: on a small shared CPU,
+    torch's threads wait on each other and the tiny model's steps take ten times longer."""
+    for name in ("_run_id", "_task_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

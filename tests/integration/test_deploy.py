@@ -194,3 +194,26 @@ def test_ctrl_c_stops_every_service(glue_dir, no_leftovers):
     assert "stopped all 6 services" in output
     assert output.rstrip().endswith(
         "fedpafi: error: interrupted; every service it started was stopped.")
+
+
+def test_secure_aggregation_runs_through_the_deployment(glue_dir, no_leftovers):
+    """SecAgg+'s four stages through a SuperLink and 3 SuperNodes: every round sums all
+    three, and its bytes hold every stage."""
+    settings = [*SETTINGS, "--num-clients", "3", "--rounds", "2", "--secagg"]
+    launcher, lines, reader = deploy_local(*settings, "--data-dir", str(glue_dir),
+                                           "--out", str(no_leftovers / "runs"))
+    try:
+        launcher.wait(timeout=500)
+    finally:
+        stop(launcher)
+        reader.join(timeout=10)
+    output = "".join(lines)
+    assert launcher.returncode == 0, output[-4000:]
+    assert "secure aggregation (Flower's SecAgg+)" in output
+    rounds = _rounds(no_leftovers / "runs" / "it")
+    assert [len(r["clients"]) for r in rounds] == [3, 3]
+    for record in rounds:
+        stages = record["secagg"]["stages"]
+        assert set(stages) == {"setup", "share_keys", "collect_masked_vectors", "unmask"}
+        assert record["bytes_up"] == sum(s["up"] for s in stages.values())
+        assert 0 < record["secagg"]["tolerance"] < 1e-5

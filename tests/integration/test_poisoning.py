@@ -3,9 +3,9 @@ ClientApp (with its fault mod) on GLUE data: the poisoned update is accepted, th
 keeps the model learning.
 
 In-process and on the tiny random BERT, to stay within seconds: a grid that hands each
-message to the ClientApp stands in for Flower's simulation engine (Ray's start alone
-takes longer than this test). A random backbone has no features to tune, so the clients
-fine-tune it fully, at a rate that learns SST-2 from scratch in three short rounds.
+message to the ClientApp (`tests/client_grid.py`) stands in for Flower's simulation
+engine. A random backbone has no features to tune, so the clients fine-tune it fully, at
+a rate that learns SST-2 from scratch in three short rounds.
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ import json
 
 import pytest
 import torch
-from flwr.app import Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
 
 import server.strategy
-from client.app import app as client_app
 from common.config import RunConfig
 from common.glue import get_task, load_split
 from common.train import eval_subset
 from common.updates import State, weighted_mean
 from server.app import serve
+from tests.client_grid import ClientGrid
 
 pytestmark = pytest.mark.integration
 CLIENTS = 4
@@ -32,42 +30,8 @@ DEV_EXAMPLES = 256
 MARGIN = 0.10  # above always answering the majority class (seeds 1 to 3 end 0.22-0.29 above)
 
 
-class ClientGrid:
-    """The part of Flower's Grid the ServerApp uses, with one ClientApp per partition run
-    in this process, the fault mod included."""
-
-    def __init__(self, num_partitions: int) -> None:
-        self.partitions = {100 + p: p for p in range(num_partitions)}
-
-    def get_node_ids(self) -> list[int]:
-        return sorted(self.partitions)
-
-    def send_and_receive(self, messages: list[Message], timeout: float) -> list[Message]:
-        replies = []
-        for message in messages:
-            node = message.metadata.dst_node_id
-            message.metadata.__dict__["_message_id"] = f"id-{node}"  # as the Grid sets it
-            config = {"partition-id": self.partitions[node], "num-partitions": len(self.partitions)}
-            context = Context(run_id=1, node_id=node, node_config=config, state=RecordDict(),
-                              run_config={})
-            replies.append(client_app(message, context))
-        return replies
-
-
 def _flat(update: State) -> torch.Tensor:
     return torch.cat([value.reshape(-1) for value in update.values()])
-
-
-@pytest.fixture
-def server_process(monkeypatch):
-    """What a ServerApp process has set, and one torch thread: on a small shared CPU,
-    torch's threads wait on each other and the tiny model's steps take ten times longer."""
-    for name in ("_run_id", "_task_id", "_node_id"):
-        monkeypatch.setattr(TaskIdentity, name, 1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_median_keeps_learning_with_one_poisoning_client(tiny_model_dir, glue_dir, tmp_path,

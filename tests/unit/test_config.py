@@ -95,6 +95,36 @@ def test_validation_names_the_setting_and_allowed_values(values, message):
      "differential privacy clips each update as a whole and adds noise to every entry, but "
      "sparse-local's clients send different entries, so the noise would cover entries no "
      "client chose; use a shared-mask method such as pafi."),
+    ({"secagg": True, "secagg-threshold": 5},
+     "secagg-threshold 5 is above the clients sampled per round (4): no key could ever be "
+     "rebuilt; give at most 4."),
+    ({"secagg": True, "num-clients": 10, "clients-per-round": 3, "secagg-threshold": 4},
+     "secagg-threshold 4 is above the clients sampled per round (3)"),
+    ({"secagg": True, "aggregator": "median"},
+     "aggregator median needs each client's update, but secagg shows the server only their "
+     "sum; use aggregator fedavg with secagg, or drop secagg."),
+    ({"secagg": True, "aggregator": "krum"}, "aggregator krum needs each client's update"),
+    ({"secagg": True, "method": "sparse-local"},
+     "secagg sums the clients' vectors value by value, but sparse-local's clients send "
+     "different entries"),
+    ({"secagg": True, "max-update-norm": 10.0},
+     "max-update-norm checks each update's norm, but secagg shows the server only their sum; "
+     "drop max-update-norm (secagg-clipping-range bounds each value of an honest client's "
+     "update instead)."),
+    ({"secagg": True, "codec": "int8"},
+     "codec int8 would add its own rounding before secagg's quantization"),
+    ({"secagg": True, "num-clients": 1}, "secagg needs at least 2 clients per round"),
+    ({"secagg": True, "num-clients": 10, "secagg-shares": 2},
+     "secagg-shares must be 0 (every sampled client) or between 3 and the clients sampled per "
+     "round (10), got 2."),
+    ({"secagg": True, "num-clients": 10, "secagg-shares": 11}, "between 3 and the clients"),
+    ({"secagg": True, "num-clients": 10, "secagg-shares": 4}, "secagg-shares 4 is even"),
+    ({"secagg": True, "num-clients": 10, "secagg-shares": 5, "secagg-threshold": 5},
+     "secagg-threshold must be at least 2 and below secagg-shares (5"),
+    ({"secagg": True, "secagg-threshold": 1}, "secagg-threshold must be at least 2"),
+    ({"secagg": True, "secagg-clipping-range": 0}, "secagg-clipping-range must be > 0, got 0."),
+    ({"secagg": True, "secagg-quantization-range": 2**31},
+     "secagg-quantization-range 2147483648 x 4 clients per round must be in (0, 2^32)"),
 ])
 def test_settings_a_rule_cannot_use_are_refused_naming_the_fix(values, message):
     with pytest.raises(ConfigError) as refused:
@@ -113,9 +143,35 @@ def test_settings_a_rule_cannot_use_are_refused_naming_the_fix(values, message):
     {"dp-clipping-norm": 0.1, "dp-noise-multiplier": 1.0, "method": "pafi"},
     {"dp-clipping-norm": 1.0, "dp-noise-multiplier": 0.5, "num-clients": 100, "dp-delta": 1e-3},
     {"dp-delta": 1e-3, "method": "sparse-local"},  # DP off: delta is only reported
+    {"secagg": True, "dp-clipping-norm": 1.0, "dp-noise-multiplier": 1.0, "server-opt": "fedadam"},
+    {"secagg-threshold": 9, "aggregator": "median"},  # secagg off: its settings are unused
 ])
 def test_settings_that_a_rule_can_use_are_accepted(values):
     RunConfig.from_mapping(values).validate()
+
+
+@pytest.mark.parametrize("clients", range(2, 13))
+def test_every_accepted_secagg_setting_is_one_flowers_workflow_takes(clients):
+    """Our refusals cover Flower's own checks, so no refusal waits for the run to start; the
+    defaults keep a majority threshold (dropouts up to a minority survive)."""
+    from server.secagg import secure_workflow
+
+    accepted = 0
+    for shares in range(0, clients + 2):
+        for threshold in range(0, clients + 2):
+            cfg = RunConfig(secagg=True, num_clients=clients, secagg_shares=shares,
+                            secagg_threshold=threshold)
+            try:
+                cfg.validate()
+            except ConfigError:
+                continue
+            accepted += 1
+            workflow = secure_workflow(cfg, largest_shard=1000)  # raises if Flower refuses
+            assert workflow.max_weight == 1024  # a power of two: weights kept exactly
+            assert 2 <= cfg.secagg_reconstruction_threshold <= clients
+    assert accepted
+    default = RunConfig(secagg=True, num_clients=clients).validate()
+    assert default.secagg_reconstruction_threshold == clients // 2 + 1
 
 
 def test_poisoners_are_a_whole_number_of_clients():
