@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 GLUE_DIR ?= $(if $(wildcard ../shared/glue),$(abspath ../shared/glue),)
 export GLUE_DIR FLWR_TELEMETRY_ENABLED=0 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup demo test test-fast lint bench robustness docker-test clean
+.PHONY: setup demo test test-fast lint bench scale robustness docker-test clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ lint: setup
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run
+
+# Round time breakdown, memory at 1,000 clients, fedpafi beside a plain Flower app (minutes).
+scale: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.scale
 
 robustness: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.robustness

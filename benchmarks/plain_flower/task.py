@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from itertools import cycle, islice
 
+import datasets
 import torch
 from datasets import Dataset
 from flwr_datasets.partitioner import IidPartitioner
@@ -22,6 +23,7 @@ from common.train import eval_subset
 
 SETTINGS = {"num-clients": 4, "rounds": 3, "local-steps": 20, "batch-size": 16,
             "max-length": 64, "eval-examples": 256, "lr": 1e-4, "seed": 42, "client-cpus": 2}
+datasets.disable_progress_bars()
 
 
 def get_model() -> torch.nn.Module:
