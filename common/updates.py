@@ -103,14 +103,17 @@ def unpack_state(arrays: dict[str, np.ndarray], layout: Layout,
 
 
 def weighted_mean(updates: list[State], weights: list[float]) -> State:
-    """Example-weighted FedAvg of updates that share one layout."""
+    """Example-weighted FedAvg of updates that share one layout, accumulated in place in
+    float32 as Flower's FedAvg does (float64 copies cost ~0.3 s a round for `full`)."""
     if not updates:
         raise ValueError("weighted_mean needs at least one update")
     total = float(sum(weights))
-    return {
-        key: sum(u[key].double() * (w / total) for u, w in zip(updates, weights)).float()
-        for key in updates[0]
-    }
+    mean: State = {}
+    for key in updates[0]:
+        mean[key] = torch.zeros_like(updates[0][key], dtype=torch.float32)
+        for update, weight in zip(updates, weights):
+            mean[key].add_(update[key], alpha=weight / total)
+    return mean
 
 
 def add(state: State, update: State) -> State:
