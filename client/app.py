@@ -14,13 +14,14 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.faults import inject_faults
+from client.residue import carried, keep, residue_folder
 from common import protocol as p
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.glue import load_split, partition
 from common.session import Session
 from common.train import TrainResult, train_locally
-from common.updates import State, encode_update, unpack_state
+from common.updates import State, add, dropped, encode_update, unpack_state
 
 app = ClientApp()
 
@@ -54,8 +55,26 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.verbose:
         print(f"  client {partition_id}: {result.steps} steps, loss {result.loss:.4f}, "
               f"{result.seconds:.1f}s", flush=True)
-    reply = reply_record(session, session.method.update(), result, partition_id)
+    reply = _reply(session, result, partition_id, context, config)
     return Message(content=reply, reply_to=msg)
+
+
+def _reply(session: Session, result: TrainResult, partition_id: int, context: Context,
+           config: ConfigRecord) -> RecordDict:
+    """The reply to this round; with a codec that drops values, the update carries this
+    client's residue in and keeps what its encoding drops (`client/residue.py`)."""
+    update = session.method.update()
+    if not session.codec.error_feedback:
+        return reply_record(session, update, result, partition_id)
+    folder, server_round = residue_folder(config, partition_id), int(config[p.ROUND])
+    if (residue := carried(context, folder, server_round)) is not None:
+        session.method.check_layout(residue, "the carried residue")
+        update = add(update, residue)
+    reply = reply_record(session, update, result, partition_id)
+    arrays = {k: a.numpy() for k, a in reply[p.UPDATE].items()}
+    keep(context, folder, server_round,
+         dropped(update, arrays, session.codec, session.method.layout))
+    return reply
 
 
 def _own_shard(cfg: RunConfig, context: Context) -> tuple[int, Dataset]:

@@ -81,6 +81,7 @@ class RunConfig:
     lora_alpha: float = 16.0
     lora_targets: str = "query,value"  # comma list of linear module names
     codec: str = "fp32"
+    codec_density: float = 0.2  # ternary: the share of each chunk's values it keeps
     server_opt: str = "fedavg"
     server_lr: float = 0.0  # fedadam/fedyogi step; 0: each part's own learning rate
     server_beta1: float = 0.9
@@ -239,12 +240,24 @@ class RunConfig:
         for name in ("server_beta1", "server_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{_kebab(name)} is in [0, 1), got {getattr(self, name)}.")
+        self._validate_codec()
         if not self.iid and self.alpha <= 0:
             raise ConfigError(f"alpha must be > 0 (or use iid), got {self.alpha}.")
         self._validate_poisoning()
         self._validate_aggregator()
         self._validate_privacy()
         return self
+
+    def _validate_codec(self) -> None:
+        if not 0 < self.codec_density <= 1:
+            raise ConfigError(f"codec-density is the share of values ternary keeps, in (0, 1], "
+                              f"got {self.codec_density}.")
+        if self.codec == "ternary" and self.method == "sparse-local":
+            raise ConfigError(
+                "ternary codes positions inside a layout every client shares, but sparse-local's "
+                "clients send their own entries with int32 indices (and the entries its error "
+                "feedback carries would outgrow its k); use fp32, fp16, bf16 or int8 with it."
+            )
 
     def _validate_poisoning(self) -> None:
         """A whole number of poisoners: a study's "10%" must be exactly that many clients."""

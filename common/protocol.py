@@ -12,3 +12,4 @@ FINGERPRINT = "mask-fingerprint"
 CODEC = "codec"
 NUM_EXAMPLES = "num-examples"
 PARTITION = "partition-id"
+CLIENT_STATE = "client-state-dir"  # server -> client in a simulation: where client state persists

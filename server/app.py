@@ -32,15 +32,18 @@ def main(grid: Grid, context: Context) -> None:
     serve(grid, RunConfig.from_mapping(context.run_config))
 
 
-def serve(grid: Grid, cfg: RunConfig, resume: RunFolder | None = None) -> Path:
-    """Run the whole federation on `grid` (or the rest of a resumed run); returns its folder."""
+def serve(grid: Grid, cfg: RunConfig, resume: RunFolder | None = None,
+          clients_share_disk: bool = False) -> Path:
+    """Run the whole federation on `grid` (or the rest of a resumed run); returns its folder.
+    `clients_share_disk` (a simulation): clients keep their state in the run folder's
+    `clients/`, so that a resumed run gets it back."""
     session = Session.build(cfg)
     folder = resume or RunFolder.create(cfg)
     print(f"fedpafi run folder: {folder.path}", flush=True)
     _describe(session)
     _show_partitions(session, folder)
 
-    strategy = FedPafiStrategy(session)
+    strategy = FedPafiStrategy(session, folder.path / "clients" if clients_share_disk else None)
     records, initial = [], None
     if resume:
         done, state, info = folder.load_checkpoint()
