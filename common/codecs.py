@@ -26,7 +26,7 @@ from common.positions import decode_positions, encode_positions
 
 CHUNK = 4096  # values sharing one fp32 scale (int8, ternary)
 INDEX_BYTES = 4  # an int32 position, for updates whose clients choose their own entries
-TERNARY_HEADER = 5  # uint32 number of values, then the position code byte
+TERNARY_HEADER = 5  # uint32 number of values, then the positions' Rice parameter
 
 
 class Codec(ABC):
@@ -128,8 +128,8 @@ class TernaryCodec(Codec):
     what it kept (the scale that makes the sent values closest to the kept ones in L2);
     the rest is dropped, and carried by the client into its next update.
 
-    The array (uint8): the number of values (uint32) and the position code byte, the fp32
-    scales, the sign bits in position order, the positions (`common.positions`).
+    The array (uint8): the number of values (uint32) and the positions' Rice parameter,
+    the fp32 scales, the sign bits in position order, the positions (`common.positions`).
     """
 
     density: float = RunConfig.codec_density
@@ -158,8 +158,8 @@ class TernaryCodec(Codec):
         kept = flat[positions]
         chunks = self.kept(flat.size)
         sums = np.bincount(positions // CHUNK, weights=np.abs(kept), minlength=chunks.size)
-        code, position_bytes = encode_positions(positions, flat.size)
-        header = np.concatenate([np.array([flat.size], "<u4").view(np.uint8), [code]])
+        rice, position_bytes = encode_positions(positions, flat.size)
+        header = np.concatenate([np.array([flat.size], "<u4").view(np.uint8), [rice]])
         scales = (sums / np.maximum(chunks, 1)).astype("<f4")
         return np.concatenate([header.astype(np.uint8), scales.view(np.uint8),
                                np.packbits(kept < 0), position_bytes])
