@@ -84,7 +84,7 @@ def test_the_smallest_rice_parameter_is_chosen_and_round_trips(density):
     assert np.array_equal(decode_positions(r, data, NUMEL, positions.size), positions)
 
 
-def _floor(numel: int, density: float) -> int:
+def ternary_formula(numel: int, density: float) -> int:
     """Signs + log2 C(n, k) position bits per chunk + fp32 scales, in whole bytes."""
     bits, chunks = 0.0, 0
     for start in range(0, numel, CHUNK):
@@ -99,8 +99,8 @@ def _floor(numel: int, density: float) -> int:
 def test_bytes_follow_signs_positions_and_scales(density):
     codec = TernaryCodec(density)
     data = encode_update(_update(), codec, LAYOUT)[VALUES]
-    assert codec.floor_bytes(NUMEL) == _floor(NUMEL, density)
-    assert _floor(NUMEL, density) <= data.nbytes <= 1.05 * _floor(NUMEL, density)
+    assert codec.floor_bytes(NUMEL) == ternary_formula(NUMEL, density)
+    assert ternary_formula(NUMEL, density) <= data.nbytes <= 1.05 * ternary_formula(NUMEL, density)
 
 
 def test_round_trip_keeps_the_largest_entries_with_their_signs():
