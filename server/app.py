@@ -91,6 +91,12 @@ def _describe(session: Session) -> None:
         line += (f"; each client picks its own k={method.num_indices():,} by gradient salience "
                  f"({cfg.salience_batches} batches) and sends them with int32 indices")
     print(line, flush=True)
+    if session.codec.error_feedback:
+        floor = session.codec.floor_bytes(method.num_values())
+        print(f"codec {session.codec.label}: the largest {cfg.codec_density:.0%} of each "
+              f"4096 values as sign x the chunk's mean magnitude, positions Rice-coded, at "
+              f"least {report.human_bytes(floor)} an update; each client carries what it "
+              f"drops into its next update", flush=True)
     if warning := report.large_update_warning(cfg.method, method.num_values(), method.full_values):
         print(warning, flush=True)
     if cfg.aggregator != "fedavg" or cfg.poisoning_clients:
