@@ -16,16 +16,20 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from common.config import RunConfig
 from common.errors import UpdateError
 from common.positions import decode_positions, encode_positions
 
+if TYPE_CHECKING:  # config stays out of the methods' imports (tests/unit/test_imports.py)
+    from common.config import RunConfig
+
 CHUNK = 4096  # values sharing one fp32 scale (int8, ternary)
 INDEX_BYTES = 4  # an int32 position, for updates whose clients choose their own entries
+DEFAULT_DENSITY = 0.2  # RunConfig's codec-density default (tested equal)
 TERNARY_HEADER = 5  # uint32 number of values, then the positions' Rice parameter
 
 
@@ -132,7 +136,7 @@ class TernaryCodec(Codec):
     the fp32 scales, the sign bits in position order, the positions (`common.positions`).
     """
 
-    density: float = RunConfig.codec_density
+    density: float = DEFAULT_DENSITY
     name: str = "ternary"
     lossy: bool = True
     error_feedback = True

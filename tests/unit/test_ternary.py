@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Context, RecordDict
 from client.app import _reply
 from client.residue import RESIDUE, carried, keep
 from common import protocol as p
-from common.codecs import CHUNK, CODECS, TernaryCodec
+from common.codecs import CHUNK, CODECS, DEFAULT_DENSITY, TernaryCodec
 from common.config import RunConfig
 from common.errors import UpdateError
 from common.positions import decode_positions, encode_positions, rice_bytes
@@ -31,6 +31,10 @@ NUMEL = 3 * CHUNK + 10
 def _update(seed: int = 0) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return {k: torch.randn(shape, generator=gen) * 1e-3 for k, (shape, _) in LAYOUT.items()}
+
+
+def test_the_registered_codec_has_the_run_default_density():
+    assert CODECS["ternary"].density == DEFAULT_DENSITY == RunConfig().codec_density
 
 
 def test_a_known_vector_is_sent_as_signs_times_the_mean_kept_magnitude():
