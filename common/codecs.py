@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # config stays out of the methods' imports (tests/unit/test_i
 
 CHUNK = 4096  # values sharing one fp32 scale (int8, ternary)
 INDEX_BYTES = 4  # an int32 position, for updates whose clients choose their own entries
-DEFAULT_DENSITY = 0.2  # RunConfig's codec-density default (tested equal)
+DEFAULT_DENSITY = 0.3  # RunConfig's codec-density default (tested equal)
 TERNARY_HEADER = 5  # uint32 number of values, then the positions' Rice parameter
 
 

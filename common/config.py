@@ -81,7 +81,7 @@ class RunConfig:
     lora_alpha: float = 16.0
     lora_targets: str = "query,value"  # comma list of linear module names
     codec: str = "fp32"
-    codec_density: float = 0.2  # ternary: the share of each chunk's values it keeps
+    codec_density: float = 0.3  # ternary: the share of each chunk's values it keeps
     server_opt: str = "fedavg"
     server_lr: float = 0.0  # fedadam/fedyogi step; 0: each part's own learning rate
     server_beta1: float = 0.9

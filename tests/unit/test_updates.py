@@ -51,7 +51,7 @@ def test_encoded_size_matches_the_floor(name):
 
 def test_only_lossless_codec_is_unmarked():
     assert [c.label for c in CODECS.values()] == ["fp32", "fp16 (lossy)", "bf16 (lossy)",
-                                                  "int8 (lossy)", "ternary 0.2 (lossy)"]
+                                                  "int8 (lossy)", "ternary 0.3 (lossy)"]
 
 
 @pytest.mark.parametrize("corrupt, message", [
