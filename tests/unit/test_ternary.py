@@ -11,12 +11,13 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from client.app import _reply
+from client.app import _reply, reply_record
+from client.faults import corrupt
 from client.residue import RESIDUE, carried, keep
 from common import protocol as p
 from common.codecs import CHUNK, CODECS, DEFAULT_DENSITY, TernaryCodec
-from common.config import RunConfig
-from common.errors import UpdateError
+from common.config import POISON_SCALE, RunConfig
+from common.errors import FedPafiError, UpdateError
 from common.positions import decode_positions, encode_positions, rice_bytes
 from common.session import Session
 from common.train import TrainResult
@@ -245,3 +246,20 @@ def test_fixed_size_codecs_carry_no_residue(tiny_model_dir):
     _reply(session, RESULT, 0, Context(run_id=1, node_id=1, node_config={}, state=state,
                                        run_config={}), ConfigRecord({p.ROUND: 1}))
     assert RESIDUE not in state and not CODECS["int8"].error_feedback
+
+
+@pytest.mark.parametrize("fault, refused", [("poison", None), ("nan", "non-finite"),
+                                            ("wrong-length", "Rice-coded gaps")])
+def test_staged_faults_reencode_with_the_run_density(strategy, fault, refused):
+    """A poisoner's ternary reply is its honest one, flipped and scaled, and well-formed;
+    a diverged or truncated one is refused."""
+    record = reply_record(strategy.session, _random(strategy, 5), RESULT, 0)
+    honest = strategy._validated(standalone_reply(record)).update
+    corrupt(fault, record, strategy.session.codec)
+    if refused:
+        with pytest.raises(FedPafiError, match=refused):
+            strategy._validated(standalone_reply(record))
+        return
+    poisoned = strategy._validated(standalone_reply(record)).update
+    for key, value in honest.items():
+        torch.testing.assert_close(poisoned[key], POISON_SCALE * value)
