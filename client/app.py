@@ -15,6 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.faults import inject_faults
+from client.residue import carried, keep, residue_folder
 from client.secagg import secure_aggregation
 from common import protocol as p
 from common.config import RunConfig
@@ -23,7 +24,7 @@ from common.glue import load_split, partition
 from common.laps import Laps
 from common.session import Session
 from common.train import TrainResult, train_locally
-from common.updates import State, encode_update, unpack_state
+from common.updates import State, add, dropped, encode_update, unpack_state
 
 app = ClientApp()
 
@@ -62,10 +63,28 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.verbose:
         print(f"  client {partition_id}: {result.steps} steps, loss {result.loss:.4f}, "
               f"{result.seconds:.1f}s", flush=True)
-    reply = reply_record(session, session.method.update(), result, partition_id)
+    reply = _reply(session, result, partition_id, context, config)
     clock.lap("encode")
     reply[p.METRICS].update({f"{phase}-seconds": s for phase, s in clock.seconds.items()})
     return Message(content=reply, reply_to=msg)
+
+
+def _reply(session: Session, result: TrainResult, partition_id: int, context: Context,
+           config: ConfigRecord) -> RecordDict:
+    """The reply to this round; with a codec that drops values, the update carries this
+    client's residue in and keeps what its encoding drops (`client/residue.py`)."""
+    update = session.method.update()
+    if not session.codec.error_feedback:
+        return reply_record(session, update, result, partition_id)
+    folder, server_round = residue_folder(config, partition_id), int(config[p.ROUND])
+    if (residue := carried(context, folder, server_round)) is not None:
+        session.method.check_layout(residue, "the carried residue")
+        update = add(update, residue)
+    reply = reply_record(session, update, result, partition_id)
+    arrays = {k: a.numpy() for k, a in reply[p.UPDATE].items()}
+    keep(context, folder, server_round,
+         dropped(update, arrays, session.codec, session.method.layout))
+    return reply
 
 
 def _own_shard(cfg: RunConfig, context: Context) -> tuple[int, Dataset]:

@@ -22,7 +22,7 @@ from flwr.app import Array, Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from common import protocol as p
-from common.codecs import CODECS
+from common.codecs import Codec, run_codec
 from common.config import POISON_SCALE, RunConfig
 from common.updates import VALUES
 
@@ -57,12 +57,13 @@ def inject_faults(msg: Message, context: Context, call_next: ClientAppCallable) 
     if fault == "slow":
         time.sleep(cfg.round_timeout + 1)  # answers after the server stopped waiting
     elif fault:
-        corrupt(fault, reply.content)
+        corrupt(fault, reply.content, run_codec(cfg))
     return reply
 
 
-def corrupt(kind: str, reply: RecordDict) -> None:
-    """Alter a client's reply in place as the corrupting fault `kind` sends it."""
+def corrupt(kind: str, reply: RecordDict, codec: Codec) -> None:
+    """Alter a client's reply in place as the corrupting fault `kind` sends it, re-encoded
+    with the run's `codec`."""
     update, info = reply[p.UPDATE], reply[p.REPLY_INFO]
     values = update[VALUES].numpy()
     if kind == "wrong-fingerprint":
@@ -70,8 +71,7 @@ def corrupt(kind: str, reply: RecordDict) -> None:
     elif kind == "wrong-length":  # one value short
         update[VALUES] = Array(values[:-1])
     elif kind in ("nan", "poison"):
-        codec = CODECS[str(info[p.CODEC])]
-        decoded = codec.decode(values, codec.count(values.size))
+        decoded = codec.decode(values, codec.count(values))
         if kind == "nan":  # the first value diverged
             decoded[0] = float("nan")
         else:  # scaled and sign-flipped: as well-formed as the honest update

@@ -92,6 +92,7 @@ class RunConfig:
     shira_mask: str = "random"  # random: peft's, on lora-targets; magnitude: PaFi's mask
     shira_r: int = 32  # random mask: r x (in + out) entries per layer, peft's default
     codec: str = "fp32"
+    codec_density: float = 0.3  # ternary: the share of each chunk's values it keeps
     server_opt: str = "fedavg"
     server_lr: float = 0.0  # fedadam/fedyogi step; 0: each part's own learning rate
     server_beta1: float = 0.9
@@ -276,6 +277,7 @@ class RunConfig:
         for name in ("server_beta1", "server_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{_kebab(name)} is in [0, 1), got {getattr(self, name)}.")
+        self._validate_codec()
         if not self.iid and self.alpha <= 0:
             raise ConfigError(f"alpha must be > 0 (or use iid), got {self.alpha}.")
         self._validate_poisoning()
@@ -283,6 +285,17 @@ class RunConfig:
         self._validate_privacy()
         self._validate_secagg()
         return self
+
+    def _validate_codec(self) -> None:
+        if not 0 < self.codec_density <= 1:
+            raise ConfigError(f"codec-density is the share of values ternary keeps, in (0, 1], "
+                              f"got {self.codec_density}.")
+        if self.codec == "ternary" and self.method == "sparse-local":
+            raise ConfigError(
+                "ternary codes positions inside a layout every client shares, but sparse-local's "
+                "clients send their own entries with int32 indices (and the entries its error "
+                "feedback carries would outgrow its k); use fp32, fp16, bf16 or int8 with it."
+            )
 
     def _validate_poisoning(self) -> None:
         """A whole number of poisoners: a study's "10%" must be exactly that many clients."""

@@ -16,3 +16,4 @@ PARTITION = "partition-id"
 # (0 when its process kept it from an earlier round), cutting its shard, loading the global
 # state, local training (tokenizing included) and encoding the update.
 CLIENT_PHASES = ("build", "data", "load", "train", "encode")
+CLIENT_STATE = "client-state-dir"  # server -> client in a simulation: where client state persists

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.files import read_safetensors
+from common.files import read_safetensors, write_safetensors
 from common.tensorboard_log import TensorBoardLog
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -62,11 +61,9 @@ class RunFolder:
     def save_checkpoint(self, completed_round: int, state: dict[str, torch.Tensor],
                         info: dict[str, Any]) -> None:
         """Global state after `completed_round`, written beside and then moved into place."""
-        partial = self.path / (CHECKPOINT + ".partial")
         metadata = {"format": CHECKPOINT_FORMAT, "round": str(completed_round),
                     "info": json.dumps(info, sort_keys=True)}
-        save_file({k: v.contiguous() for k, v in state.items()}, str(partial), metadata)
-        os.replace(partial, self.path / CHECKPOINT)
+        write_safetensors(self.path / CHECKPOINT, state, metadata)
 
     def load_checkpoint(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
         path = self.path / CHECKPOINT

@@ -11,7 +11,7 @@ from functools import cached_property
 
 from datasets import Dataset
 
-from common.codecs import CODECS, Codec
+from common.codecs import Codec, run_codec
 from common.config import RunConfig
 from common.glue import TaskSpec, get_task, load_split
 from common.methods import Method, build_method
@@ -36,7 +36,7 @@ class Session:
 
     @property
     def codec(self) -> Codec:
-        return CODECS[self.cfg.codec]
+        return run_codec(self.cfg)
 
     @property
     def fingerprint(self) -> str:

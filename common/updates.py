@@ -35,7 +35,7 @@ def encode_update(update: State, codec: Codec, layout: Layout,
     """The update as one flat array in layout order (not the dict's order, which a file or
     a copy may have changed): names and shapes never travel. `sparse`: only its non-zero
     values, plus their positions."""
-    flat = torch.cat([update[key].detach().float().cpu().reshape(-1) for key in layout])
+    flat = _flat(update, layout)
     if not sparse:
         return {VALUES: codec.encode(flat)}
     wrong = [key for key, (shape, _) in layout.items() if tuple(update[key].shape) != shape]
@@ -58,13 +58,33 @@ def decode_update(arrays: dict[str, np.ndarray], codec: Codec, layout: Layout,
         raise UpdateError(f"an update is one array '{VALUES}', got {sorted(arrays)}.")
     else:
         flat = codec.decode(arrays[VALUES], sum(sizes))
-    update = {key: part.reshape(shape) for (key, (shape, _)), part
-              in zip(layout.items(), torch.split(flat, sizes))}
+    update = _split(flat, layout)
     for key, value in update.items():
         if not torch.isfinite(value).all():
             bad = int((~torch.isfinite(value)).sum())
             raise UpdateError(f"'{key}' holds {bad} non-finite values (NaN or inf).")
     return update
+
+
+def dropped(update: State, arrays: dict[str, np.ndarray], codec: Codec,
+            layout: Layout) -> State:
+    """What the encoded `arrays` leave out of `update` (the residue error feedback carries):
+    the update minus what the server decodes. A non-finite update stays non-finite here,
+    to be refused by the server, not by the client."""
+    flat = _flat(update, layout)
+    return _split(flat - codec.decode(arrays[VALUES], flat.numel()), layout)
+
+
+def _flat(update: State, layout: Layout) -> torch.Tensor:
+    """The update's tensors, float32, concatenated in layout order."""
+    return torch.cat([update[key].detach().float().cpu().reshape(-1) for key in layout])
+
+
+def _split(flat: torch.Tensor, layout: Layout) -> State:
+    """A flat vector in layout order, cut back into the layout's named tensors."""
+    sizes = [math.prod(shape) for shape, _ in layout.values()]
+    return {key: part.reshape(shape) for (key, (shape, _)), part
+            in zip(layout.items(), torch.split(flat, sizes))}
 
 
 def _decode_sparse(arrays: dict[str, np.ndarray], codec: Codec, total: int) -> torch.Tensor:
@@ -83,10 +103,9 @@ def _decode_sparse(arrays: dict[str, np.ndarray], codec: Codec, total: int) -> t
         at = int(np.argmax(np.diff(indices) <= 0)) + 1
         raise UpdateError(f"indices must be strictly increasing (sorted, no repeats): "
                           f"index {at} is {indices[at]} after {indices[at - 1]}.")
-    size = codec.encoded_size(indices.size)
-    if values.ndim != 1 or values.size != size:
-        raise UpdateError(f"{indices.size} indices need {size} encoded values "
-                          f"({codec.label}), got {values.size}.")
+    if values.ndim != 1 or codec.count(values) != indices.size:
+        raise UpdateError(f"{indices.size} indices need {indices.size} encoded values "
+                          f"({codec.label}), got {codec.count(values)}.")
     flat = torch.zeros(total)
     flat[torch.from_numpy(indices.astype(np.int64))] = codec.decode(values, indices.size)
     return flat

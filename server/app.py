@@ -36,15 +36,18 @@ def main(grid: Grid, context: Context) -> None:
     serve(grid, RunConfig.from_mapping(context.run_config))
 
 
-def serve(grid: Grid, cfg: RunConfig, resume: RunFolder | None = None) -> Path:
-    """Run the whole federation on `grid` (or the rest of a resumed run); returns its folder."""
+def serve(grid: Grid, cfg: RunConfig, resume: RunFolder | None = None,
+          clients_share_disk: bool = False) -> Path:
+    """Run the whole federation on `grid` (or the rest of a resumed run); returns its folder.
+    `clients_share_disk` (a simulation): clients keep their state in the run folder's
+    `clients/`, so that a resumed run gets it back."""
     session = Session.build(cfg)
     folder = resume or RunFolder.create(cfg)
     print(f"fedpafi run folder: {folder.path}", flush=True)
     _describe(session)
     largest_shard = _show_partitions(session, folder)
 
-    strategy = FedPafiStrategy(session)
+    strategy = FedPafiStrategy(session, folder.path / "clients" if clients_share_disk else None)
     secure = secure_workflow(cfg, largest_shard) if cfg.secagg else None
     records, initial = [], None
     if resume:
@@ -104,6 +107,12 @@ def _describe(session: Session) -> None:
         line += (f"; each client picks its own k={method.num_indices():,} by gradient salience "
                  f"({cfg.salience_batches} batches) and sends them with int32 indices")
     print(line, flush=True)
+    if session.codec.error_feedback:
+        floor = session.codec.floor_bytes(method.num_values())
+        print(f"codec {session.codec.label}: the largest {cfg.codec_density:.0%} of each "
+              f"4096 values as sign x the chunk's mean magnitude, positions Rice-coded, at "
+              f"least {report.human_bytes(floor)} an update; each client carries what it "
+              f"drops into its next update", flush=True)
     if warning := report.large_update_warning(cfg.method, method.num_values(), method.full_values):
         print(warning, flush=True)
     if cfg.aggregator != "fedavg" or cfg.poisoning_clients:

@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -69,7 +70,9 @@ class FedPafiStrategy(FedAvg):
 
     poll_s = 1.0  # seconds between looks at the online nodes while waiting for enough
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, client_state: Path | None = None) -> None:
+        """`client_state`: a folder on a disk the clients share (a simulation), where they
+        keep the residues of a codec with error feedback so that a resumed run has them."""
         cfg = session.cfg
         super().__init__(
             fraction_evaluate=0.0,  # the server evaluates the merged model itself
@@ -82,6 +85,7 @@ class FedPafiStrategy(FedAvg):
         self.traffic: dict[int, RoundTraffic] = {}
         self.round_offset = 0  # rounds completed before this process (a resumed run)
         self.online: set[int] | None = None  # nodes online at the last sampling
+        self.client_state = client_state if session.codec.error_feedback else None
 
     def checkpoint(self) -> State:
         """What a resumed run needs: the global state and the server optimizer's moments."""
@@ -111,11 +115,15 @@ class FedPafiStrategy(FedAvg):
         return {**metrics, **session.method.metrics()}, loss  # lora-ts: gate-on, dev tokens
 
     def base_config(self) -> ConfigRecord:
-        """What every instruction carries besides the state: the run config, the fingerprint."""
-        return ConfigRecord({
+        """What every instruction carries besides the state: the run config, the fingerprint,
+        and where clients keep their residues when they share this disk."""
+        config = ConfigRecord({
             p.RUN_CONFIG: self.session.cfg.to_json(),
             p.FINGERPRINT: self.session.fingerprint,
         })
+        if self.client_state:
+            config[p.CLIENT_STATE] = str(self.client_state)
+        return config
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -58,7 +58,8 @@ HELP = {
     "shira-mask": "shira's entries: random (peft's, r x (in + out) a layer) or magnitude "
                   "(PaFi's mask)",
     "shira-r": "shira random mask: r x (in + out) entries per targeted layer",
-    "codec": "fp32, fp16, bf16, int8 (compare: a comma list)",
+    "codec": "fp32, fp16, bf16, int8, ternary (compare: a comma list)",
+    "codec-density": "ternary: the share of each chunk of 4096 values it sends, in (0, 1]",
     "mask-criterion": "smallest, largest or random entries (compare: a comma list)",
     "server-opt": "fedavg, fedadam, fedyogi (compare: a comma list)",
     "server-lr": "fedadam/fedyogi step size (0: each part's own learning rate)",
@@ -178,7 +179,7 @@ def simulate(cfg: RunConfig, resume: RunFolder | None = None) -> Path:
 
     @server_app.main()
     def _main(grid, context) -> None:
-        folders.append(serve(grid, cfg, resume))
+        folders.append(serve(grid, cfg, resume, clients_share_disk=True))
 
     run_simulation(
         server_app=server_app,

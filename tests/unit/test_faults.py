@@ -47,7 +47,7 @@ def _reply(strategy, fault=None, scale=0.01, partition=0):
     update = {k: torch.full_like(v, scale) for k, v in session.method.state().items()}
     record = reply_record(session, update, RESULT, partition)
     if fault:
-        corrupt(fault, record)
+        corrupt(fault, record, session.codec)
     return standalone_reply(record)
 
 
@@ -160,7 +160,7 @@ def test_a_poisoned_reply_is_the_flipped_scaled_update_and_passes_validation(tin
     honest = {k: torch.randn(v.shape, generator=gen) * 0.01
               for k, v in strategy.state.items()}
     record = reply_record(strategy.session, honest, RESULT, 0)
-    corrupt("poison", record)
+    corrupt("poison", record, strategy.session.codec)
     accepted = strategy._validated(standalone_reply(record))  # raises if it were refused
     for key, value in accepted.update.items():
         assert torch.isfinite(value).all()
