@@ -67,7 +67,7 @@ def as_fit_reply(reply: RecordDict, msg: Message) -> RecordDict:
     cfg = RunConfig.from_json(str(msg.content["fitins.config"][p.RUN_CONFIG]))
     codec = CODECS[cfg.codec]  # fp32: secagg refuses the lossy ones
     encoded = reply[p.UPDATE][VALUES].numpy()
-    flat = codec.decode(encoded, codec.count(encoded.size))
+    flat = codec.decode(encoded, codec.count(encoded))
     if not torch.isfinite(flat).all():
         raise UpdateError(f"the update holds {int((~torch.isfinite(flat)).sum())} non-finite "
                           f"values (NaN or inf); it cannot join the secure sum.")
