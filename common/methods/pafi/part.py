@@ -96,8 +96,8 @@ class MaskedDeltaPart(Part):
     def _sampled_hook(self, position: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor):
             if self._sampled(position, module, args[0]):
-                piece = self.delta[self.slices[position]]
-                return KEntryGrad.apply(output, args[0], piece, self.entries[position])
+                return KEntryGrad.apply(output, args[0], self.delta, self.entries[position],
+                                        lambda values: self._accumulate(position, values))
             return None
 
         return hook
@@ -106,13 +106,16 @@ class MaskedDeltaPart(Part):
         """Reads the selection when it runs, so a new selection needs no new hooks."""
 
         def hook(weight: torch.Tensor) -> None:
-            if self.delta.grad is None:
-                self.delta.grad = torch.zeros_like(self.delta)
-            idx, where = self.indices[position], self.slices[position]
-            self.delta.grad[where] += weight.grad.reshape(-1)[idx]
+            self._accumulate(position, weight.grad.reshape(-1)[self.indices[position]])
             weight.grad = None
 
         return hook
+
+    def _accumulate(self, position: int, values: torch.Tensor) -> None:
+        """Add one weight's k-entry gradient into its slice of the delta's gradient."""
+        if self.delta.grad is None:
+            self.delta.grad = torch.zeros_like(self.delta)
+        self.delta.grad[self.slices[position]] += values
 
     def state(self) -> State:
         return {KEY: self.delta.detach().clone()}
