@@ -72,7 +72,9 @@ def test_masked_linears_get_the_dense_gradient_without_forming_it(tiny_model_dir
     part = method.parts[0]
     sampled = [w for w, e in zip(part.weights, part.entries) if e is not None]
     assert len(sampled) >= len(part.weights) - 2  # almost every matrix is below MAX_DENSITY
+    threads = torch.get_num_threads()
     fast = _backward(method, batch, dense=False)
+    assert torch.get_num_threads() == threads  # the k-entry ops' one thread is given back
     assert all(not w.requires_grad and w.grad is None for w in sampled)
     dense = _backward(method, batch, dense=True)
     assert all(w.requires_grad for w in sampled)  # the dense path really ran

@@ -18,7 +18,8 @@ the small matrix is slower (0.53 against 0.59) and the large ones break even at 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -75,5 +76,22 @@ class KEntryGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        ctx.accumulate(ctx.entries.gradient(grad, x))
+        with _one_thread():
+            ctx.accumulate(ctx.entries.gradient(grad, x))
         return grad, None, None, None, None
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the k-entry ops on one thread. They are small and memory-bound: on an idle
+    machine one thread makes them about 20% slower, but on a busy one each parallel op
+    waited for a descheduled second thread, about one scheduler slice (3 ms) per op, and
+    doubled pafi's step (benchmarks/README.md). torch's thread count is per process, so
+    this assumes no other thread runs torch ops at the same moment (training here is one
+    thread per process)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
