@@ -8,11 +8,11 @@ grad_out and x are transposed once each, and only over the tokens whose output g
 is not zero (in a padded batch of a classifier that is about a third of them, and in the
 last block only the token the head reads).
 
-Measured on this 2-core CPU (torch's 2 threads, 592 tokens; dense product + gather
-against this path, ms): with a third of the tokens live, 384 x 384 at 0.5% density 0.52
-against 0.32, 1536 x 384 2.0 against 0.74, and still faster at 10%; with every token live
-the small matrix is slower (0.53 against 0.59) and the large ones break even at about 5%.
-`MAX_DENSITY` keeps the dense path for matrices denser than that.
+Measured with `python -m benchmarks.kgrad` (2-core CPU, 592 tokens, dense product + gather
+against this path on one thread, ms): with a third of the tokens live, 384 x 384 at 0.5%
+density 0.52 against 0.36, 1536 x 384 2.0 against 1.0; with every token live the small
+matrix is slower (0.56 against 0.69) and the large ones break even at about 2%, where
+`MAX_DENSITY` puts the limit.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 import torch
 
-MAX_DENSITY = 0.05  # share of masked entries above which a matrix keeps the dense path
+MAX_DENSITY = 0.02  # share of masked entries above which a matrix keeps the dense path
 
 
 class Entries:
@@ -76,13 +76,13 @@ class KEntryGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        with _one_thread():
+        with one_thread():
             ctx.accumulate(ctx.entries.gradient(grad, x))
         return grad, None, None, None, None
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     """Run the k-entry ops on one thread. They are small and memory-bound: on an idle
     machine one thread makes them about 20% slower, but on a busy one each parallel op
     waited for a descheduled second thread, about one scheduler slice (3 ms) per op, and
