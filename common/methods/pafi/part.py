@@ -78,24 +78,25 @@ class MaskedDeltaPart(Part):
         finally:
             self.dense = False
 
-    def _sampled(self, position: int, module: nn.Module, x: torch.Tensor) -> bool:
-        """Whether this forward of a masked Linear takes the k-entry gradient path."""
+    def _sampled(self, position: int, module: nn.Module, args: tuple) -> bool:
+        """Whether this forward of a masked Linear takes the k-entry gradient path (its
+        input passed by position, as transformers does)."""
         return (self.entries[position] is not None and not self.dense
-                and torch.is_grad_enabled() and x.device.type == "cpu"
+                and torch.is_grad_enabled() and bool(args) and args[0].device.type == "cpu"
                 and not parametrize.is_parametrized(module, "weight"))
 
     def _pre_hook(self, position: int):
         """Freeze the weight for this forward where the k-entry node will give its gradient."""
 
         def hook(module: nn.Module, args: tuple) -> None:
-            sampled = self._sampled(position, module, args[0])
+            sampled = self._sampled(position, module, args)
             self.weights[position].requires_grad_(not sampled)
 
         return hook
 
     def _sampled_hook(self, position: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor):
-            if self._sampled(position, module, args[0]):
+            if self._sampled(position, module, args):
                 return KEntryGrad.apply(output, args[0], self.delta, self.entries[position],
                                         lambda values: self._accumulate(position, values))
             return None

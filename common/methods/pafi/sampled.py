@@ -84,11 +84,11 @@ class KEntryGrad(torch.autograd.Function):
 @contextmanager
 def one_thread() -> Iterator[None]:
     """Run the k-entry ops on one thread. They are small and memory-bound: on an idle
-    machine one thread makes them about 20% slower, but on a busy one each parallel op
+    machine one thread makes them 20-50% slower, but on a busy one each parallel op
     waited for a descheduled second thread, about one scheduler slice (3 ms) per op, and
-    doubled pafi's step (benchmarks/README.md). torch's thread count is per process, so
-    this assumes no other thread runs torch ops at the same moment (training here is one
-    thread per process)."""
+    pafi's step took 1.5 times the dense path's (benchmarks/README.md). torch's thread
+    count is per process, so this assumes no other thread runs torch ops at the same
+    moment (training here is one thread per process)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
