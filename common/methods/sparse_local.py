@@ -77,7 +77,7 @@ class SparseLocalPart(MaskedDeltaPart):
         training = self.model.training
         self.model.eval()  # no dropout: the choice depends on data and model only
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), self.dense_gradients():
                 for batch in batches:
                     grads = torch.autograd.grad(self.model(**batch).loss, self.weights)
                     for total, grad in zip(salience, grads):
