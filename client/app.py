@@ -21,6 +21,7 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.glue import load_split, partition
 from common.laps import Laps
+from common.privacy import client_private
 from common.session import Session
 from common.train import TrainResult, train_locally
 from common.updates import State, encode_update, unpack_state
@@ -62,7 +63,12 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.verbose:
         print(f"  client {partition_id}: {result.steps} steps, loss {result.loss:.4f}, "
               f"{result.seconds:.1f}s", flush=True)
-    reply = reply_record(session, session.method.update(), result, partition_id)
+    update, private = session.method.update(), {}
+    if cfg.dp_side == "client" and not cfg.secagg:  # clip and noise here (secagg: its bridge)
+        update, unclipped = client_private(cfg, update, float(config[p.DP_CLIPPING_NORM]))
+        private = {p.DP_UNCLIPPED: int(unclipped)}
+    reply = reply_record(session, update, result, partition_id)
+    reply[p.METRICS].update(private)
     clock.lap("encode")
     reply[p.METRICS].update({f"{phase}-seconds": s for phase, s in clock.seconds.items()})
     return Message(content=reply, reply_to=msg)
