@@ -114,16 +114,18 @@ def _describe(session: Session) -> None:
     if cfg.dp_clipping_norm:
         m, c = cfg.sampled_clients, cfg.dp_clipping_norm
         count_std, z = privacy.noise_multipliers(cfg)
-        where = ("by each client, which adds its share of the noise" if cfg.dp_side == "client"
-                 else "by each client (secagg)" if cfg.secagg else "by the server")
-        norm = (f"{c:g}" if cfg.dp_clipping == "fixed" else
-                f"C, from {c:g} towards the {cfg.dp_target_quantile:g} quantile of the update "
-                f"norms (count noise std {count_std:.4g})")
-        print(f"differential privacy: each update clipped {where} to L2 norm {norm}, their "
-              f"sum over {m} sampled clients, plus Gaussian noise of std {z:.4g} x "
-              f"{'C' if cfg.dp_clipping == 'adaptive' else f'{c:g}'} / {m} per value; "
-              f"epsilon at delta {cfg.dp_delta:g} (noise multiplier "
-              f"{cfg.dp_noise_multiplier:g}) each round", flush=True)
+        who = ("each client clips its update" if cfg.dp_side == "client" or cfg.secagg
+               else "the server clips each update")
+        norm, noise = f"{c:g}", f"{z:g} x {c:g} / {m} = {z * c / m:.4g}"
+        if cfg.dp_clipping == "adaptive":
+            norm = (f"C, which starts at {c:g} and follows the {cfg.dp_target_quantile:g} "
+                    f"quantile of the update norms (count noise std {count_std:.4g})")
+            noise = f"{z:.4g} x C / {m}"
+        adds = "the clients add" if cfg.dp_side == "client" else "the server adds"
+        print(f"differential privacy: {who} to L2 norm {norm}; over {m} sampled clients, "
+              f"{adds} Gaussian noise of std {noise} per value of the mean; epsilon at delta "
+              f"{cfg.dp_delta:g} (noise multiplier {cfg.dp_noise_multiplier:g}) each round",
+              flush=True)
     if cfg.secagg:
         c, levels = cfg.secagg_clipping_range, cfg.secagg_quantization_range
         weight = "1 (DP)" if cfg.dp_clipping_norm else "examples / largest shard's"

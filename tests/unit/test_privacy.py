@@ -275,7 +275,7 @@ def test_the_adaptive_norm_settles_at_the_target_quantile_of_the_norms():
         clipped = sum(adaptive_clip_inputs_inplace([u["pafi.delta"].numpy().copy()],
                                                    flowers.clipping_norm) for u in updates)
         flowers._geometric_update(flowers._noisy_fraction(clipped, len(updates)))
-    assert 7.0 - 0.5 < ours < 8.0 + 0.5  # a step of exp(0.2 x 0.7) around the 0.7 quantile
+    assert 7.0 <= ours < 8.0  # 7 of 10 within: the count is on target, the norm stays
     assert flowers.clipping_norm < 1e-3
 
 
