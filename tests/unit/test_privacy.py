@@ -155,10 +155,12 @@ def test_dp_off_aggregates_bit_identically_and_dp_on_drops_the_weights(session):
 
 
 @pytest.mark.usefixtures("task_identity")
+@pytest.mark.parametrize("clipping", ["fixed", "adaptive"])
 def test_a_resumed_private_run_draws_the_same_noise_and_goes_on_spending(tiny_model_dir,
-                                                                         tmp_path):
-    cfg = _session(tiny_model_dir, tmp_path).cfg.replace(dp_clipping_norm=0.05,
-                                                         dp_noise_multiplier=1.0)
+                                                                         tmp_path, clipping):
+    cfg = _session(tiny_model_dir, tmp_path).cfg.replace(
+        dp_clipping_norm=0.05, dp_noise_multiplier=1.0, dp_clipping=clipping,
+        dp_clipped_count_stddev=1.0)
     sessions = [dataclasses.replace(_session(tiny_model_dir, tmp_path),
                                     cfg=cfg.replace(run_name=name))
                 for name in ("straight", "resumed")]
@@ -172,6 +174,11 @@ def test_a_resumed_private_run_draws_the_same_noise_and_goes_on_spending(tiny_mo
     assert spent == [epsilon(cfg, n) for n in (1, 2, 3)] and spent[0] < spent[1] < spent[2]
     assert read_scalars(resumed_folder.path)["privacy/epsilon"] == pytest.approx(
         dict(enumerate(spent, start=1)))
+    norms = [r["dp_clipping_norm"] for r in folder.rounds()]
+    assert norms == [r["dp_clipping_norm"] for r in resumed_folder.rounds()]  # the checkpoint's
+    assert (len(set(norms)) > 1) == (clipping == "adaptive")
+    assert read_scalars(resumed_folder.path)["privacy/clipping_norm"] == pytest.approx(
+        dict(enumerate(norms, start=1)))
 
 
 def test_the_summary_keeps_the_dp_settings_and_the_last_epsilon():
