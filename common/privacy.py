@@ -63,7 +63,8 @@ def private_mean(cfg: RunConfig, updates: list[State], server_round: int,
     were left unclipped (adaptive clipping's count)."""
     clipped = [clip(update, norm) for update in updates]
     total = {k: sum(c[k] for c, _ in clipped) for k in clipped[0][0]}
-    return noised_mean(cfg, total, server_round, norm), sum(b for _, b in clipped)
+    return (noised_mean(cfg, total, server_round, norm, len(updates)),
+            sum(b for _, b in clipped))
 
 
 def clip(update: State, norm: float) -> tuple[State, bool]:
@@ -91,7 +92,7 @@ def client_private(cfg: RunConfig, update: State, norm: float) -> tuple[State, b
 
 
 def noised_mean(cfg: RunConfig, total: State, server_round: int, norm: float,
-                contributed: int = 0) -> State:
+                contributed: int) -> State:
     """A sum of clipped updates over the clients sampled per round, plus the round's noise
     of std z_u C / m: all of it with server-side noise; with client-side noise, the shares
     of the sampled clients that did not contribute (`contributed` of them did)."""
