@@ -5,11 +5,12 @@ Flower's FedAvg averages whole ArrayRecords; here replies are encoded updates (f
 int8, ...) that must be decoded and checked first, so `aggregate_train` is replaced: the
 valid updates combine by `--aggregator` (the example-weighted mean, or a robust rule,
 `common.aggregators`), or with `--dp-clipping-norm` into the clipped, noised mean of
-`common.privacy`, and the result goes to the server optimizer (FedAvg, FedAdam or
-FedYogi in the method's layout, `common.server_opt`). The ServerApp (`server/app.py`)
-calls these steps in the order of the algorithm, one round after the other. With
-`--secagg`, `server/secagg.py` runs Flower's SecAgg+ workflow around the same sampling,
-reply checks (`accept`, `checked_envelope`) and optimizer step (`step`).
+`common.privacy` (clipped and noised by the clients with `--dp-side client`), and the
+result goes to the server optimizer (FedAvg, FedAdam or FedYogi in the method's layout,
+`common.server_opt`). The ServerApp (`server/app.py`) calls these steps in the order of
+the algorithm, one round after the other. With `--secagg`, `server/secagg.py` runs
+Flower's SecAgg+ workflow around the same sampling, reply checks (`accept`,
+`checked_envelope`) and optimizer step (`step`).
 """
 
 from __future__ import annotations
@@ -234,15 +235,11 @@ class FedPafiStrategy(FedAvg):
             unclipped = sum(r.unclipped for r in accepted)
         else:
             mean, unclipped = private_mean(cfg, updates, server_round, norm)
-        self.moved_norm(norm, unclipped, len(accepted), server_round)
-        return mean
-
-    def moved_norm(self, norm: float, unclipped: int, replies: int, server_round: int) -> None:
-        """Log the round's norm; adaptive clipping moves the next round's."""
-        cfg = self.session.cfg
         self.traffic[server_round].dp_clipping_norm = norm
         if cfg.dp_clipping == "adaptive":
-            self.clipping_norm = next_clipping_norm(cfg, norm, unclipped, replies, server_round)
+            self.clipping_norm = next_clipping_norm(cfg, norm, unclipped, len(accepted),
+                                                    server_round)
+        return mean
 
     def accept(self, traffic: RoundTraffic, replies: list[Message],
                check: Callable[[Message], ValidReply],
