@@ -332,3 +332,18 @@ def test_client_side_the_server_only_averages_and_counts_the_clients_bits(sessio
     strategy.aggregate_train(2, replies)
     assert strategy.traffic[2].skipped
     assert "dp-unclipped must be 0 or 1" in strategy.traffic[2].rejected[0]["reason"]
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_adaptive_noise_on_the_mean_is_z_u_times_the_rounds_norm_over_m(side):
+    cfg = RunConfig(num_clients=40, dp_clipping_norm=0.2, dp_noise_multiplier=1.0,
+                    dp_clipping="adaptive", dp_side=side).validate()  # sigma_b = 2
+    z_u = (1.0 - 4.0 ** -2) ** -0.5
+    zeros = {"pafi.delta": torch.zeros(100_000), "head.w": torch.zeros(1, 1)}
+    if side == "server":
+        noised, _ = server_private_mean(cfg, [zeros], 1, norm=0.5)  # the round's, not 0.2
+    else:  # one client's share (its update / m) and the 39 the server adds for the others
+        noised = {k: v + client_private(cfg, zeros, 0.5)[0][k] / 40 for k, v in
+                  noised_mean(cfg, zeros, 1, 0.5, contributed=1).items()}
+    std = compute_stdv(z_u, 0.5, 40)
+    assert noised["pafi.delta"].double().std().item() == pytest.approx(std, rel=0.01)
