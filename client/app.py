@@ -22,6 +22,7 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.glue import load_split, partition
 from common.laps import Laps
+from common.privacy import client_private
 from common.session import Session
 from common.train import TrainResult, train_locally
 from common.updates import State, add, dropped, encode_update, unpack_state
@@ -63,17 +64,21 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.verbose:
         print(f"  client {partition_id}: {result.steps} steps, loss {result.loss:.4f}, "
               f"{result.seconds:.1f}s", flush=True)
-    reply = _reply(session, result, partition_id, context, config)
+    update, private = session.method.update(), {}
+    if cfg.dp_side == "client" and not cfg.secagg:  # clip and noise here (secagg: its bridge)
+        update, unclipped = client_private(cfg, update, float(config[p.DP_CLIPPING_NORM]))
+        private = {p.DP_UNCLIPPED: int(unclipped)}
+    reply = _reply(session, update, result, partition_id, context, config)
+    reply[p.METRICS].update(private)
     clock.lap("encode")
     reply[p.METRICS].update({f"{phase}-seconds": s for phase, s in clock.seconds.items()})
     return Message(content=reply, reply_to=msg)
 
 
-def _reply(session: Session, result: TrainResult, partition_id: int, context: Context,
-           config: ConfigRecord) -> RecordDict:
+def _reply(session: Session, update: State, result: TrainResult, partition_id: int,
+           context: Context, config: ConfigRecord) -> RecordDict:
     """The reply to this round; with a codec that drops values, the update carries this
     client's residue in and keeps what its encoding drops (`client/residue.py`)."""
-    update = session.method.update()
     if not session.codec.error_feedback:
         return reply_record(session, update, result, partition_id)
     folder, server_round = residue_folder(config, partition_id), int(config[p.ROUND])

@@ -6,10 +6,11 @@ stage it hands on a `fitins.*` instruction and expects a `fitres.*` reply carryi
 update as float arrays and the example count as its weight. `secure_aggregation` routes
 every SecAgg+ message through that mod, and a thin bridge between the mod and the handler
 translates: the instruction into ours, our encoded reply into the decoded update in the
-method's layout (clipped to `dp-clipping-norm` first when DP is on). The mod then weighs
-it by num-examples / max-weight, quantizes, masks and sends only the masked integers; it
-empties every array record of the reply, so no plain update leaves the client. Messages
-without SecAgg+ settings pass straight through, so one ClientApp serves both kinds of run.
+method's layout (clipped to the DP norm first when DP is on, and noised with `--dp-side
+client`). The mod then weighs it by num-examples / max-weight, quantizes, masks and sends
+only the masked integers; it empties every array record of the reply, so no plain update
+leaves the client. Messages without SecAgg+ settings pass straight through, so one
+ClientApp serves both kinds of run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from common import protocol as p
 from common.codecs import CODECS
 from common.config import RunConfig
 from common.errors import UpdateError
-from common.privacy import clip
+from common.privacy import client_private
 from common.updates import VALUES
 
 
@@ -72,8 +73,9 @@ def as_fit_reply(reply: RecordDict, msg: Message) -> RecordDict:
         raise UpdateError(f"the update holds {int((~torch.isfinite(flat)).sum())} non-finite "
                           f"values (NaN or inf); it cannot join the secure sum.")
     weight = int(reply[p.METRICS][p.NUM_EXAMPLES])
-    if cfg.dp_clipping_norm:  # DP: clip here, and weigh every client alike
-        flat, weight = clip(cfg, {VALUES: flat})[VALUES], 1
+    if cfg.dp_clipping_norm:  # DP: clip here (client-side: and noise), weigh every client alike
+        norm = float(msg.content["fitins.config"][p.DP_CLIPPING_NORM])
+        flat, weight = client_private(cfg, {VALUES: flat}, norm)[0][VALUES], 1
     parameters = Parameters([ndarray_to_bytes(flat.numpy())], "numpy.ndarray")
     fitres = FitRes(Status(Code.OK, ""), parameters, weight, {})
     return RecordDict({**fitres_to_recorddict(fitres, keep_input=False),

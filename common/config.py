@@ -29,6 +29,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "untrained_pooler": ("identity", "train", "keep"),
     "server_opt": ("fedavg", "fedadam", "fedyogi"),
     "aggregator": ("fedavg", "median", "trimmed-mean", "krum"),
+    "dp_clipping": ("fixed", "adaptive"),
+    "dp_side": ("server", "client"),
     "device": ("auto", "cpu", "cuda"),
 }
 MASK_INCLUDE_PARTS = ("bias", "layernorm")
@@ -105,6 +107,11 @@ class RunConfig:
     dp_clipping_norm: float = 0.0  # > 0: clip each update to this L2 norm, unweighted mean
     dp_noise_multiplier: float = 0.0  # > 0: Gaussian noise z x clipping norm / sampled clients
     dp_delta: float = 1e-5  # the delta epsilon is reported at (common.privacy)
+    dp_clipping: str = "fixed"  # adaptive: the norm follows a quantile of the update norms
+    dp_target_quantile: float = 0.5  # adaptive: share of updates left unclipped (Flower's)
+    dp_clip_norm_lr: float = 0.2  # adaptive: the norm's geometric step (Flower's)
+    dp_clipped_count_stddev: float = 0.0  # adaptive: count noise; 0: Flower's m / 20 (z > 0)
+    dp_side: str = "server"  # client: each client clips and adds its share of the noise
     secagg: bool = False  # SecAgg+: the server learns only the sum of the updates
     secagg_shares: int = 0  # clients each one's key is shared with; 0: every sampled client
     secagg_threshold: int = 0  # shares that rebuild a key; 0: a majority of the shares
@@ -360,7 +367,14 @@ class RunConfig:
                 f"{self.dp_delta:g}; e.g. 1e-5."
             )
         if not self.dp_clipping_norm:
+            for name, default in (("dp_clipping", "fixed"), ("dp_side", "server")):
+                if getattr(self, name) != default:
+                    raise ConfigError(
+                        f"{_kebab(name)} {getattr(self, name)} needs differential privacy on, "
+                        f"but dp-clipping-norm is 0; give dp-clipping-norm > 0 (with "
+                        f"adaptive clipping: the initial norm).")
             return
+        self._validate_adaptive_clipping()
         if self.aggregator != "fedavg":
             raise ConfigError(
                 f"differential privacy clips and averages the updates itself, with noise sized "
@@ -372,6 +386,35 @@ class RunConfig:
                 "entry, but sparse-local's clients send different entries, so the noise would "
                 "cover entries no client chose; use a shared-mask method such as pafi."
             )
+
+    def _validate_adaptive_clipping(self) -> None:
+        """The norm's update (Andrew et al., 2021) moves only inside (0, 1), and its count
+        noise must leave room for the update's: both together spend dp-noise-multiplier."""
+        if self.dp_clipping != "adaptive":
+            return
+        if not 0 < self.dp_target_quantile < 1:
+            raise ConfigError(
+                f"dp-target-quantile is the share of updates the adaptive norm leaves "
+                f"unclipped, in (0, 1) (0 or 1 drives the norm to 0 or without bound), got "
+                f"{self.dp_target_quantile:g}; e.g. 0.5.")
+        if self.dp_clip_norm_lr <= 0:
+            raise ConfigError(f"dp-clip-norm-lr must be > 0, got {self.dp_clip_norm_lr:g}.")
+        if self.dp_clipped_count_stddev < 0:
+            raise ConfigError(f"dp-clipped-count-stddev must be >= 0, got "
+                              f"{self.dp_clipped_count_stddev:g}.")
+        z = self.dp_noise_multiplier
+        count_std = self.dp_clipped_count_stddev or self.sampled_clients / 20
+        if z and z >= 2 * count_std:
+            raise ConfigError(
+                f"dp-noise-multiplier {z:g} is what the update and the clipped count spend "
+                f"together, which needs it below 2 x dp-clipped-count-stddev ({count_std:g}"
+                f"{', clients per round / 20' if not self.dp_clipped_count_stddev else ''}); "
+                f"give dp-clipped-count-stddev above {z / 2:g}.")
+        if self.secagg:
+            raise ConfigError(
+                "adaptive clipping needs each client's clipped-or-not bit, which secagg would "
+                "show the server in the clear beside the secure sum; use dp-clipping fixed "
+                "with secagg.")
 
     def _validate_secagg(self) -> None:
         """SecAgg+ hides every single update from the server, so what needs one is refused,

@@ -12,6 +12,8 @@ FINGERPRINT = "mask-fingerprint"
 CODEC = "codec"
 NUM_EXAMPLES = "num-examples"
 PARTITION = "partition-id"
+DP_CLIPPING_NORM = "dp-clipping-norm"  # server -> client: the round's DP norm (adaptive moves it)
+DP_UNCLIPPED = "dp-unclipped"  # client -> server, client-side DP: 1 if its norm was within it
 # What a client times in a round, each reported as `<phase>-seconds`: building the model
 # (0 when its process kept it from an earlier round), cutting its shard, loading the global
 # state, local training (tokenizing included) and encoding the update.

@@ -27,6 +27,7 @@ PER_ROUND = {  # tag: key of the round record
     "bytes/down_per_client": "bytes_down_per_client",
     "time/round_s": "wall_s",
     "privacy/epsilon": "epsilon",  # with --dp-noise-multiplier
+    "privacy/clipping_norm": "dp_clipping_norm",  # with --dp-clipping-norm (adaptive moves it)
 }
 RUNNING = {  # tag: keys of the round record whose running sum it is
     "bytes/up_per_client_cumulative": ("bytes_up_per_client",),

@@ -16,7 +16,7 @@ from flwr.app import Context
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.serverapp import Grid, ServerApp
 
-from common import plots, report
+from common import plots, privacy, report
 from common.config import POISON_SCALE, RunConfig
 from common.errors import MergeError
 from common.export import save_checkpoint, save_update
@@ -121,10 +121,19 @@ def _describe(session: Session) -> None:
                      f"{POISON_SCALE:g} x their update every round" if ids else "")
         print(f"aggregator {cfg.aggregator}{poisoners}", flush=True)
     if cfg.dp_clipping_norm:
-        m, z, c = cfg.sampled_clients, cfg.dp_noise_multiplier, cfg.dp_clipping_norm
-        print(f"differential privacy: each update clipped to L2 norm {c:g}, their sum over "
-              f"{m} sampled clients, plus Gaussian noise of std {z:g} x {c:g} / {m} = "
-              f"{z * c / m:.4g} per value; epsilon at delta {cfg.dp_delta:g} each round",
+        m, c = cfg.sampled_clients, cfg.dp_clipping_norm
+        count_std, z = privacy.noise_multipliers(cfg)
+        who = ("each client clips its update" if cfg.dp_side == "client" or cfg.secagg
+               else "the server clips each update")
+        norm, noise = f"{c:g}", f"{z:g} x {c:g} / {m} = {z * c / m:.4g}"
+        if cfg.dp_clipping == "adaptive":
+            norm = (f"C, which starts at {c:g} and follows the {cfg.dp_target_quantile:g} "
+                    f"quantile of the update norms (count noise std {count_std:.4g})")
+            noise = f"{z:.4g} x C / {m}"
+        adds = "the clients add" if cfg.dp_side == "client" else "the server adds"
+        print(f"differential privacy: {who} to L2 norm {norm}; over {m} sampled clients, "
+              f"{adds} Gaussian noise of std {noise} per value of the mean; epsilon at delta "
+              f"{cfg.dp_delta:g} (noise multiplier {cfg.dp_noise_multiplier:g}) each round",
               flush=True)
     if cfg.secagg:
         c, levels = cfg.secagg_clipping_range, cfg.secagg_quantization_range
@@ -209,9 +218,12 @@ def _privacy_summary(cfg: RunConfig, records: list[dict]) -> dict:
     if not cfg.dp_clipping_norm:
         return {}
     spent = [r["epsilon"] for r in records if "epsilon" in r]
+    norms = [r["dp_clipping_norm"] for r in records if "dp_clipping_norm" in r]
     return {"dp_clipping_norm": cfg.dp_clipping_norm,
             "dp_noise_multiplier": cfg.dp_noise_multiplier,
-            "dp_delta": cfg.dp_delta, "epsilon": spent[-1] if spent else None}
+            "dp_delta": cfg.dp_delta, "dp_clipping": cfg.dp_clipping, "dp_side": cfg.dp_side,
+            "dp_last_clipping_norm": norms[-1] if norms else None,
+            "epsilon": spent[-1] if spent else None}
 
 
 def _mean(values: list[float]) -> float:

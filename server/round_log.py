@@ -66,6 +66,8 @@ class RoundLog:
         if self.session.cfg.dp_noise_multiplier:  # every round not skipped released a mean
             releases = sum(not r["skipped"] for r in self.records) + (not traffic.skipped)
             record["epsilon"] = privacy.epsilon(self.session.cfg, releases)
+        if traffic.dp_clipping_norm is not None:  # DP: the norm the round clipped to
+            record["dp_clipping_norm"] = traffic.dp_clipping_norm
         if traffic.secagg:  # SecAgg+: bytes and seconds by stage, the mean's tolerance
             record["secagg"] = traffic.secagg
         if self.session.method.sparse_wire:  # entries any client has changed so far

@@ -93,7 +93,8 @@ def secure_round(grid: Grid, strategy: FedPafiStrategy, workflow: SecAggPlusWork
     mean = unpack_state({VALUES: bridge.mean.astype(np.float32)}, strategy.session.method.layout)
     if cfg.dp_clipping_norm:  # every client weighed 1: the mean times their count is the sum
         total = {k: v.double() * len(accepted) for k, v in mean.items()}
-        mean = noised_mean(cfg, total, server_round)
+        mean = noised_mean(cfg, total, server_round, strategy.clipping_norm, len(accepted))
+        strategy.traffic[server_round].dp_clipping_norm = strategy.clipping_norm
     strategy.step(accepted, mean, server_round)
 
 

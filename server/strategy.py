@@ -5,11 +5,12 @@ Flower's FedAvg averages whole ArrayRecords; here replies are encoded updates (f
 int8, ...) that must be decoded and checked first, so `aggregate_train` is replaced: the
 valid updates combine by `--aggregator` (the example-weighted mean, or a robust rule,
 `common.aggregators`), or with `--dp-clipping-norm` into the clipped, noised mean of
-`common.privacy`, and the result goes to the server optimizer (FedAvg, FedAdam or
-FedYogi in the method's layout, `common.server_opt`). The ServerApp (`server/app.py`)
-calls these steps in the order of the algorithm, one round after the other. With
-`--secagg`, `server/secagg.py` runs Flower's SecAgg+ workflow around the same sampling,
-reply checks (`accept`, `checked_envelope`) and optimizer step (`step`).
+`common.privacy` (clipped and noised by the clients with `--dp-side client`), and the
+result goes to the server optimizer (FedAvg, FedAdam or FedYogi in the method's layout,
+`common.server_opt`). The ServerApp (`server/app.py`) calls these steps in the order of
+the algorithm, one round after the other. With `--secagg`, `server/secagg.py` runs
+Flower's SecAgg+ workflow around the same sampling, reply checks (`accept`,
+`checked_envelope`) and optimizer step (`step`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -29,12 +31,14 @@ from common import protocol as p
 from common.aggregators import aggregate
 from common.errors import FedPafiError
 from common.laps import Laps
-from common.privacy import private_mean
+from common.privacy import next_clipping_norm, noised_mean, private_mean
 from common.server_opt import server_optimizer_for
 from common.session import Session
 from common.train import evaluate
 from common.updates import INDICES, State, decode_update, pack_state
 from server.traffic import message_bytes
+
+DP_NORM_KEY = "dp.clipping_norm"  # in the checkpoint
 
 
 @dataclass
@@ -53,6 +57,7 @@ class RoundTraffic:
     laps: Laps = field(default_factory=Laps)  # the server's phases (`server/app.py`)
     client_seconds: dict[str, float] = field(default_factory=dict)  # summed over valid replies
     secagg: dict = field(default_factory=dict)  # SecAgg+: bytes by stage, the tolerance
+    dp_clipping_norm: float | None = None  # DP: the norm this round's updates were clipped to
 
     def node_of(self, reply: Message) -> int:
         """The node a reply stands for. The SuperLink answers for an offline node itself
@@ -86,16 +91,22 @@ class FedPafiStrategy(FedAvg):
         self.round_offset = 0  # rounds completed before this process (a resumed run)
         self.online: set[int] | None = None  # nodes online at the last sampling
         self.client_state = client_state if session.codec.error_feedback else None
+        self.clipping_norm = cfg.dp_clipping_norm  # DP: the next round's (adaptive moves it)
 
     def checkpoint(self) -> State:
-        """What a resumed run needs: the global state and the server optimizer's moments."""
-        return {**self.state, **self.optimizer.state_dict()}
+        """What a resumed run needs: the global state, the server optimizer's moments and
+        the DP clipping norm (moved by adaptive clipping)."""
+        norm = ({DP_NORM_KEY: torch.tensor([self.clipping_norm], dtype=torch.float64)}
+                if self.session.cfg.dp_clipping == "adaptive" else {})
+        return {**self.state, **self.optimizer.state_dict(), **norm}
 
     def resume(self, completed_round: int, saved: State) -> None:
         """Continue after `completed_round` from its checkpoint."""
         state = {k: saved[k] for k in self.session.method.layout if k in saved}
         self.session.method.check_layout(state, "checkpoint")
         self.optimizer.load_state_dict(saved)
+        if DP_NORM_KEY in saved:
+            self.clipping_norm = float(saved[DP_NORM_KEY].item())
         self.state, self.round_offset = state, completed_round
 
     def global_arrays(self) -> ArrayRecord:
@@ -116,13 +127,16 @@ class FedPafiStrategy(FedAvg):
 
     def base_config(self) -> ConfigRecord:
         """What every instruction carries besides the state: the run config, the fingerprint,
-        and where clients keep their residues when they share this disk."""
+        where clients keep their residues when they share this disk, and the DP clipping
+        norm when clients clip."""
         config = ConfigRecord({
             p.RUN_CONFIG: self.session.cfg.to_json(),
             p.FINGERPRINT: self.session.fingerprint,
         })
         if self.client_state:
             config[p.CLIENT_STATE] = str(self.client_state)
+        if self.clipping_norm:  # DP: the norm clients clip to (client side, secagg)
+            config[p.DP_CLIPPING_NORM] = self.clipping_norm
         return config
 
     def configure_train(
@@ -213,10 +227,27 @@ class FedPafiStrategy(FedAvg):
             return None, None
         weights = [r.num_examples for r in accepted]
         updates, cfg = [r.update for r in accepted], self.session.cfg
-        combined = (private_mean(cfg, updates, server_round) if cfg.dp_clipping_norm
+        combined = (self.private(accepted, server_round) if cfg.dp_clipping_norm
                     else aggregate(cfg, updates, weights))
         self.step(accepted, combined, server_round)
         return self.global_arrays(), MetricRecord({"train-loss": traffic.train_loss})
+
+    def private(self, accepted: list[ValidReply], server_round: int) -> State:
+        """The DP mean of the valid updates (`common.privacy`), clipped here or, with
+        `--dp-side client`, by their clients; then adaptive clipping moves the norm."""
+        cfg, norm = self.session.cfg, self.clipping_norm
+        updates = [r.update for r in accepted]
+        if cfg.dp_side == "client":
+            total = {k: sum(u[k].double() for u in updates) for k in updates[0]}
+            mean = noised_mean(cfg, total, server_round, norm, contributed=len(accepted))
+            unclipped = sum(r.unclipped for r in accepted)
+        else:
+            mean, unclipped = private_mean(cfg, updates, server_round, norm)
+        self.traffic[server_round].dp_clipping_norm = norm
+        if cfg.dp_clipping == "adaptive":
+            self.clipping_norm = next_clipping_norm(cfg, norm, unclipped, len(accepted),
+                                                    server_round)
+        return mean
 
     def accept(self, traffic: RoundTraffic, replies: list[Message],
                check: Callable[[Message], ValidReply],
@@ -267,7 +298,14 @@ class FedPafiStrategy(FedAvg):
                                 f"the method sends at most {method.num_values()} (k + head)")
         valid.update = decode_update(arrays, self.session.codec, method.layout,
                                      method.sparse_wire)
-        bound = self.session.cfg.max_update_norm
+        cfg = self.session.cfg
+        if cfg.dp_side == "client" and cfg.dp_clipping == "adaptive":
+            bit = reply.content[p.METRICS].get(p.DP_UNCLIPPED)
+            if bit not in (0, 1):
+                raise RejectedReply(f"{p.DP_UNCLIPPED} must be 0 or 1 with client-side "
+                                    f"adaptive clipping, got {bit!r}")
+            valid.unclipped = bool(bit)
+        bound = cfg.max_update_norm
         if bound:
             norm = float(sum(v.double().pow(2).sum() for v in valid.update.values()) ** 0.5)
             if norm > bound:
@@ -314,6 +352,7 @@ class ValidReply:
     partition_id: int
     loss: float
     seconds: dict[str, float]  # the client's own account of its phases (`p.CLIENT_PHASES`)
+    unclipped: bool = False  # client-side adaptive DP: its update was within the norm
 
 
 class RejectedReply(FedPafiError):

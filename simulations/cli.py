@@ -74,6 +74,14 @@ HELP = {
     "dp-noise-multiplier": "DP: Gaussian noise of std this x dp-clipping-norm / clients per "
                            "round on the mean (compare: a comma list)",
     "dp-delta": "DP: the delta epsilon is reported at, below 1 / num-clients",
+    "dp-clipping": "DP: fixed, or adaptive (the norm starts at dp-clipping-norm and follows a "
+                   "quantile of the update norms)",
+    "dp-target-quantile": "DP adaptive: share of updates the norm leaves unclipped, in (0, 1)",
+    "dp-clip-norm-lr": "DP adaptive: the norm's geometric learning rate",
+    "dp-clipped-count-stddev": "DP adaptive: noise std of the unclipped count (0: clients per "
+                               "round / 20 with noise)",
+    "dp-side": "DP: server (clips and adds the noise) or client (each client clips and adds "
+               "its share of the noise)",
     "secagg": "SecAgg+ (Flower's): the server learns only the sum of the updates",
     "secagg-shares": "SecAgg+: clients each key is shared with, odd (0: every sampled client)",
     "secagg-threshold": "SecAgg+: shares that rebuild a key, at most the clients per round "

@@ -137,10 +137,27 @@ def test_with_dp_and_fedadam_the_noise_goes_on_the_secure_sum(
     assert [weight for _, weight in spied.sent.values()] == [1, 1, 1]  # DP: unweighted
     assert all(np.linalg.norm(v) <= 0.05 * (1 + 1e-6) for v in clipped)
     states = [unpack_state({VALUES: v.astype(np.float32)}, spied.layout) for v in clipped]
-    plain = torch.cat([v.reshape(-1) for v in private_mean(cfg, states, 1).values()]).numpy()
+    plain = torch.cat([v.reshape(-1) for v in private_mean(cfg, states, 1, 0.05)[0].values()]
+                      ).numpy()
     (secure,) = spied.stepped
     assert np.abs(secure - plain).max() <= record["secagg"]["tolerance"]
     assert np.abs(plain - np.mean(clipped, axis=0)).max() > 100 * record["secagg"]["tolerance"]
+
+
+def test_with_client_side_dp_each_client_noises_and_the_server_only_averages(
+        tiny_model_dir, glue_dir, tmp_path, server_process, monkeypatch):
+    """`--dp-side client`: each client clips and adds its share z C / sqrt(m) of the noise
+    before masking; all three took part, so the server adds none to the secure mean."""
+    cfg = settings(tiny_model_dir, glue_dir, tmp_path, dp_clipping_norm=0.05,
+                   dp_noise_multiplier=0.5, dp_side="client")
+    spied = spy(monkeypatch)
+    (record,) = [json.loads(line) for line in (serve(ClientGrid(3), cfg) / "rounds.jsonl").open()]
+    assert len(record["clients"]) == 3 and record["dp_clipping_norm"] == 0.05
+    sent = np.array([values for values, _ in spied.sent.values()])
+    share = 0.5 * 0.05 / 3 ** 0.5  # per value; the clipped update adds at most 0.05 in norm
+    assert all(abs(np.std(v) - share) < 0.05 / np.sqrt(v.size) + 0.01 * share for v in sent)
+    (secure,) = spied.stepped
+    assert np.abs(secure - sent.mean(axis=0)).max() <= record["secagg"]["tolerance"]
 
 
 def test_a_client_lost_before_sharing_keys_skips_the_round(

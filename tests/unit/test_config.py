@@ -97,6 +97,31 @@ def test_validation_names_the_setting_and_allowed_values(values, message):
      "differential privacy clips each update as a whole and adds noise to every entry, but "
      "sparse-local's clients send different entries, so the noise would cover entries no "
      "client chose; use a shared-mask method such as pafi."),
+    ({"dp-clipping": "adaptive"},
+     "dp-clipping adaptive needs differential privacy on, but dp-clipping-norm is 0; give "
+     "dp-clipping-norm > 0 (with adaptive clipping: the initial norm)."),
+    ({"dp-side": "client", "dp-noise-multiplier": 0},
+     "dp-side client needs differential privacy on, but dp-clipping-norm is 0"),
+    ({"dp-side": "both", "dp-clipping-norm": 1.0}, "Unknown dp-side 'both'. Allowed: server, "
+                                                   "client."),
+    *[({"dp-clipping-norm": 1.0, "dp-clipping": "adaptive", "dp-target-quantile": q},
+       f"dp-target-quantile is the share of updates the adaptive norm leaves unclipped, in "
+       f"(0, 1) (0 or 1 drives the norm to 0 or without bound), got {q:g}; e.g. 0.5.")
+      for q in (0.0, 1.0, -0.2, 1.5)],
+    ({"dp-clipping-norm": 1.0, "dp-clipping": "adaptive", "dp-clip-norm-lr": 0},
+     "dp-clip-norm-lr must be > 0, got 0."),
+    ({"dp-clipping-norm": 1.0, "dp-clipping": "adaptive", "dp-clipped-count-stddev": -1},
+     "dp-clipped-count-stddev must be >= 0, got -1."),
+    ({"dp-clipping-norm": 1.0, "dp-clipping": "adaptive", "dp-noise-multiplier": 1.0,
+      "num-clients": 100, "clients-per-round": 10},
+     "dp-noise-multiplier 1 is what the update and the clipped count spend together, which "
+     "needs it below 2 x dp-clipped-count-stddev (0.5, clients per round / 20); give "
+     "dp-clipped-count-stddev above 0.5."),
+    ({"dp-clipping-norm": 1.0, "dp-clipping": "adaptive", "dp-noise-multiplier": 1.0,
+      "dp-clipped-count-stddev": 0.5}, "below 2 x dp-clipped-count-stddev (0.5); give"),
+    ({"dp-clipping-norm": 1.0, "dp-clipping": "adaptive", "secagg": True},
+     "adaptive clipping needs each client's clipped-or-not bit, which secagg would show the "
+     "server in the clear beside the secure sum; use dp-clipping fixed with secagg."),
     ({"secagg": True, "secagg-threshold": 5},
      "secagg-threshold 5 is above the clients sampled per round (4): no key could ever be "
      "rebuilt; give at most 4."),
@@ -147,6 +172,14 @@ def test_settings_a_rule_cannot_use_are_refused_naming_the_fix(values, message):
     {"dp-delta": 1e-3, "method": "sparse-local"},  # DP off: delta is only reported
     {"secagg": True, "dp-clipping-norm": 1.0, "dp-noise-multiplier": 1.0, "server-opt": "fedadam"},
     {"secagg-threshold": 9, "aggregator": "median"},  # secagg off: its settings are unused
+    {"dp-clipping-norm": 0.1, "dp-clipping": "adaptive"},  # no noise: no count noise either
+    {"dp-clipping-norm": 0.1, "dp-clipping": "adaptive", "dp-noise-multiplier": 1.0,
+     "num-clients": 100, "clients-per-round": 40},  # Flower's m / 20 = 2: z below 4
+    {"dp-clipping-norm": 0.1, "dp-noise-multiplier": 1.0, "dp-side": "client"},
+    {"dp-clipping-norm": 0.1, "dp-clipping": "adaptive", "dp-noise-multiplier": 1.0,
+     "dp-clipped-count-stddev": 1.0, "dp-side": "client"},
+    {"secagg": True, "dp-clipping-norm": 1.0, "dp-noise-multiplier": 1.0, "dp-side": "client"},
+    {"dp-target-quantile": 0.0},  # DP off: unused
 ])
 def test_settings_that_a_rule_can_use_are_accepted(values):
     RunConfig.from_mapping(values).validate()

@@ -180,15 +180,14 @@ def strategy(tiny_model_dir):
     return FedPafiStrategy(Session.build(cfg))
 
 
-def _turn(strategy, monkeypatch, context, server_round, true_update, folder=None):
+def _turn(strategy, context, server_round, true_update, folder=None):
     """One client turn: reply with `true_update` (plus the residue), as the server sees it."""
     session = strategy.session
-    monkeypatch.setattr(session.method, "update", lambda: true_update)
     config = ConfigRecord({p.ROUND: server_round})
     if folder:
         config[p.CLIENT_STATE] = str(folder)
-    record = _reply(session, RESULT, 0, Context(run_id=1, node_id=1, node_config={},
-                                                state=context, run_config={}), config)
+    node = Context(run_id=1, node_id=1, node_config={}, state=context, run_config={})
+    record = _reply(session, true_update, RESULT, 0, node, config)
     return strategy._validated(standalone_reply(record)).update
 
 
@@ -203,7 +202,7 @@ def test_what_was_sent_plus_the_residue_is_what_was_trained(strategy, monkeypatc
     trained = sent = {k: torch.zeros(v.shape) for k, v in strategy.state.items()}
     for server_round, seed in ((1, 1), (2, 2), (4, 3)):
         true_update = _random(strategy, seed)
-        received = _turn(strategy, monkeypatch, state, server_round, true_update)
+        received = _turn(strategy, state, server_round, true_update)
         trained, sent = add(trained, true_update), add(sent, received)
         assert int(sum((v != 0).sum() for v in received.values())) < 0.2 * sum(
             v.numel() for v in received.values())  # a tenth (rounded up per chunk) is sent
@@ -219,14 +218,14 @@ def test_a_resumed_run_gets_the_residue_of_the_round_before_bit_identical(strate
     round 2; a round 2 cut short (its file written, the server's checkpoint still at round
     1) is redone from round 1's residue."""
     live, first, second = RecordDict(), _random(strategy, 1), _random(strategy, 2)
-    _turn(strategy, monkeypatch, live, 1, first, tmp_path)
-    expected = _turn(strategy, monkeypatch, live, 2, second, tmp_path)  # and round 2's file
+    _turn(strategy, live, 1, first, tmp_path)
+    expected = _turn(strategy, live, 2, second, tmp_path)  # and round 2's file
     for resumed in (RecordDict(), RecordDict()):  # twice: the redo leaves the files usable
-        again = _turn(strategy, monkeypatch, resumed, 2, second, tmp_path)
+        again = _turn(strategy, resumed, 2, second, tmp_path)
         assert all(torch.equal(again[k], expected[k]) for k in expected)
     assert sorted(f.name for f in (tmp_path / "0").iterdir()) == [
         "residue-1.safetensors", "residue-2.safetensors"]
-    _turn(strategy, monkeypatch, live, 3, first, tmp_path)
+    _turn(strategy, live, 3, first, tmp_path)
     assert sorted(f.name for f in (tmp_path / "0").iterdir()) == [
         "residue-2.safetensors", "residue-3.safetensors"]  # round 1's is no longer needed
 
@@ -243,8 +242,8 @@ def test_without_a_folder_the_residue_lives_in_the_context_only(tmp_path):
 def test_fixed_size_codecs_carry_no_residue(tiny_model_dir):
     session = Session.build(RunConfig(model=str(tiny_model_dir), sparsity=0.05, codec="int8"))
     state = RecordDict()
-    _reply(session, RESULT, 0, Context(run_id=1, node_id=1, node_config={}, state=state,
-                                       run_config={}), ConfigRecord({p.ROUND: 1}))
+    node = Context(run_id=1, node_id=1, node_config={}, state=state, run_config={})
+    _reply(session, session.method.update(), RESULT, 0, node, ConfigRecord({p.ROUND: 1}))
     assert RESIDUE not in state and not CODECS["int8"].error_feedback
 
 
