@@ -15,9 +15,10 @@ from common.config import RunConfig
 from common.errors import ModelError
 from common.export import save_checkpoint
 from common.glue import get_task
+from common.methods import METHODS
 from common.session import Session
 from common.token_merge import bipartite_merge, encoder_layers, merging, merging_layers
-from common.train import evaluate, train_locally
+from common.train import evaluate, make_optimizer, train_locally, train_step
 
 TASK = get_task("sst2")
 WORDS = "the film is a slow and dull but often quite lovely piece of work about two old friends"
@@ -180,3 +181,17 @@ def test_a_model_without_bert_layers_is_refused():
     with pytest.raises(ModelError, match="needs a BERT-style encoder"):
         with merging(torch.nn.Linear(2, 2), 2):
             pass
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "lora-ts"])  # refused (config)
+def test_every_method_trains_a_step_with_merging(tiny_model_dir, method):
+    session = Session.build(RunConfig(model=str(tiny_model_dir), method=method, sparsity=0.05,
+                                      shira_r=4))
+    inputs = _inputs(AutoTokenizer.from_pretrained(tiny_model_dir), (18, 4, 9))
+    before = {k: v.clone() for k, v in session.method.state().items()}
+    with _lengths(session.method.model) as (layers, _), merging(session.method.model, 3):
+        session.method.prepare([{**inputs, "labels": torch.tensor([0, 1, 1])}])
+        optimizer = make_optimizer(session.method)
+        train_step(session.method, optimizer, {**inputs, "labels": torch.tensor([0, 1, 1])})
+    assert layers[-1] == inputs["input_ids"].shape[1] - 3
+    assert any(not torch.equal(before[k], v) for k, v in session.method.state().items())
