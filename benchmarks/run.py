@@ -1,4 +1,5 @@
-"""Speed, optimizer memory and upload bytes of each method, on the real backbone and SST-2.
+"""Speed, optimizer memory and upload bytes of each method, on the real backbone and SST-2,
+and the step time `token-merge` saves pafi-hiwi on SST-2 and on RTE's longer pairs.
 
 Everything is measured in one process and one run. The methods' training steps are
 interleaved round by round (in a rotating order) on the same fixed batches, so load from
@@ -27,6 +28,7 @@ from common.config import RunConfig
 from common.glue import load_split
 from common.methods import METHODS as REGISTRY
 from common.session import Session
+from common.token_merge import install
 from common.train import TrainResult, encode, make_optimizer, train_step
 from server.traffic import message_bytes, standalone_reply
 
@@ -37,6 +39,8 @@ MIN_ROUNDS = 5  # the time budget never cuts the timed rounds below this
 MAX_STEP_RATIO = 1.0  # each method's median step time over full's
 MAX_OPT_STATE_RATIO = 0.01  # pafi's optimizer state over full's
 DEFAULT_OUT = "runs/bench/results.json"
+TOKEN_MERGE = 8  # pairs merged per middle layer (MiniLM: layers 1-3 of 0-5)
+TOKEN_MERGE_TASKS = ("sst2", "rte")  # single sentences, and pairs of longer inputs
 
 Batch = dict[str, torch.Tensor]
 
@@ -71,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="untimed steps per method before timing (default 2)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT})")
     parser.add_argument("--seed", type=int, default=42, help="picks the SST-2 rows (default 42)")
+    parser.add_argument("--token-merge-only", action="store_true",
+                        help="measure only pafi-hiwi with and without token-merge")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be at least 1 (the optimizer state needs a step)")
@@ -78,12 +84,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_trainee(cfg: RunConfig, label: str, dense_grad: bool = False) -> Trainee:
-    """Build a method's session and the same AdamW over its trainable tensors as training."""
+    """Build a method's session and the same AdamW over its trainable tensors as training;
+    with token-merge, its hooks stay on for the whole benchmark."""
     session = Session.build(cfg)
     method = session.method
     optimizer = make_optimizer(method)
     method.model.train()
+    if cfg.token_merge:
+        install(method.model, cfg.token_merge)
     return Trainee(label, session, optimizer, dense_grad=dense_grad)
+
+
+def merged_trainee(task: str) -> Trainee:
+    return make_trainee(RunConfig(method="pafi-hiwi", task=task, token_merge=TOKEN_MERGE),
+                        f"pafi-hiwi +token-merge {TOKEN_MERGE}")
+
+
+def token_merge_results(args: argparse.Namespace, sst2: list[Trainee] | None = None) -> dict:
+    """pafi-hiwi with and without token-merge, interleaved on the same batches of each task
+    (`sst2`: the main run's two trainees, already timed)."""
+    rows = {}
+    for task in TOKEN_MERGE_TASKS:
+        pair = sst2 if task == "sst2" and sst2 else None
+        if pair is None:
+            pair = [make_trainee(RunConfig(method="pafi-hiwi", task=task), "pafi-hiwi"),
+                    merged_trainee(task)]
+            batches = fixed_batches(pair[0].session, args.steps, args.seed)
+            for trainee in pair:
+                warm_up(trainee, batches[:args.warmup])
+            run_rounds(pair, batches, args.steps, args.budget_s)
+        plain, merged = pair
+        rows[task] = {
+            "token_merge": TOKEN_MERGE,
+            "median_s": statistics.median(plain.seconds),
+            "merged_median_s": statistics.median(merged.seconds),
+            "ratio": statistics.median(merged.seconds) / statistics.median(plain.seconds),
+            "paired_ratio": statistics.median(a / b for a, b in zip(merged.seconds,
+                                                                    plain.seconds)),
+            "steps": len(merged.seconds),
+        }
+    return rows
 
 
 def fixed_batches(session: Session, count: int, seed: int) -> list[Batch]:
@@ -210,26 +250,35 @@ def check_targets(results: dict) -> list[dict]:
 
 def print_report(results: dict) -> None:
     """The three tables and the verdict, for a person reading the terminal."""
+    width = max(16, *(len(label) + 2 for label in results["speed"]))
     print(f"\nStep time (batch {BATCH_SIZE}, {results['settings']['steps']} interleaved steps, "
           f"torch threads {results['machine']['torch_threads']})")
-    print(f"{'method':<16}{'median s':>10}{'/ full':>9}{'paired':>9}")
+    print(f"{'method':<{width}}{'median s':>10}{'/ full':>9}{'paired':>9}")
     for label, row in results["speed"].items():
-        print(f"{label:<16}{row['median_s']:>10.3f}{row['ratio_to_full']:>9.3f}"
+        print(f"{label:<{width}}{row['median_s']:>10.3f}{row['ratio_to_full']:>9.3f}"
               f"{row['paired_ratio_to_full']:>9.3f}")
     print("\nOptimizer state after one step (AdamW)")
-    print(f"{'method':<16}{'bytes':>14}{'/ full':>10}")
+    print(f"{'method':<{width}}{'bytes':>14}{'/ full':>10}")
     for label, row in results["optimizer_state"].items():
-        print(f"{label:<16}{row['bytes']:>14,}{row['ratio_to_full']:>10.4%}")
+        print(f"{label:<{width}}{row['bytes']:>14,}{row['ratio_to_full']:>10.4%}")
     print("\nUpload per client per round (Flower message bytes)")
-    print(f"{'method':<16}{'values':>12}{'floor B':>14}{'measured B':>14}{'/ floor':>9}"
+    print(f"{'method':<{width}}{'values':>12}{'floor B':>14}{'measured B':>14}{'/ floor':>9}"
           f"{'/ full':>10}")
     for label, row in results["upload"].items():
-        print(f"{label:<16}{row['num_values']:>12,}{row['floor_bytes']:>14,}"
+        print(f"{label:<{width}}{row['num_values']:>12,}{row['floor_bytes']:>14,}"
               f"{row['bytes']:>14,}{row['over_floor']:>9.4f}{row['ratio_to_full']:>10.4%}")
     print()
     for target in results["targets"]:
         verdict = "ok" if target["ok"] else "TARGET FAILED"
         print(f"{verdict:<14}{target['name']}: {target['value']:.4f} <= {target['limit']}")
+
+
+def print_token_merge(rows: dict) -> None:
+    print(f"\npafi-hiwi median step time, with token-merge {TOKEN_MERGE} against without")
+    print(f"{'task':<8}{'plain s':>10}{'merged s':>10}{'ratio':>9}{'paired':>9}{'steps':>7}")
+    for task, row in rows.items():
+        print(f"{task:<8}{row['median_s']:>10.3f}{row['merged_median_s']:>10.3f}"
+              f"{row['ratio']:>9.3f}{row['paired_ratio']:>9.3f}{row['steps']:>7}")
 
 
 def machine_info() -> dict:
@@ -241,8 +290,12 @@ def machine_info() -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
+    if args.token_merge_only:
+        results = {"machine": machine_info(), "token_merge": token_merge_results(args)}
+        return finish(results, args, started)
     print("building the methods' models ...", file=sys.stderr, flush=True)
     trainees = [make_trainee(RunConfig(method=m), m) for m in METHODS]
+    trainees.append(merged_trainee("sst2"))
     adapter = make_trainee(RunConfig(method="hiwi", hiwi_sync="adapter"), "hiwi (adapter)")
     dense = make_trainee(RunConfig(method="pafi"), "pafi (dense grad)", dense_grad=True)
     batches = fixed_batches(trainees[0].session, args.steps, args.seed)
@@ -258,11 +311,19 @@ def main(argv: list[str] | None = None) -> int:
         "speed": speed_results([*trainees, dense]),
         "optimizer_state": memory_results(trainees),
         "upload": upload_results([*trainees, adapter]),
+        "token_merge": token_merge_results(
+            args, [next(t for t in trainees if t.label == "pafi-hiwi"), trainees[-1]]),
     }
     results["targets"] = check_targets(results)
-    results["ok"] = all(t["ok"] for t in results["targets"])
+    return finish(results, args, started)
+
+
+def finish(results: dict, args: argparse.Namespace, started: float) -> int:
+    results["ok"] = all(t["ok"] for t in results.get("targets", []))
     results["wall_s"] = time.perf_counter() - started
-    print_report(results)
+    if "speed" in results:
+        print_report(results)
+    print_token_merge(results["token_merge"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

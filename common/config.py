@@ -95,6 +95,7 @@ class RunConfig:
     shira_r: int = 32  # random mask: r x (in + out) entries per layer, peft's default
     codec: str = "fp32"
     codec_density: float = 0.3  # ternary: the share of each chunk's values it keeps
+    token_merge: int = 0  # > 0: merge this many token pairs per middle layer in training
     server_opt: str = "fedavg"
     server_lr: float = 0.0  # fedadam/fedyogi step; 0: each part's own learning rate
     server_beta1: float = 0.9
@@ -252,6 +253,13 @@ class RunConfig:
         _positive("lora-rank", self.lora_rank)
         _positive("lora-alpha", self.lora_alpha)
         _positive("shira-r", self.shira_r)
+        if self.token_merge < 0:
+            raise ConfigError(f"token-merge is the token pairs merged per middle layer (0: "
+                              f"off), got {self.token_merge}.")
+        if self.token_merge and self.method == "lora-ts":
+            raise ConfigError(
+                "lora-ts counts its gated tokens against the input's attention mask, which "
+                "token-merge shortens in the middle layers; use --token-merge 0 with lora-ts.")
         if self.lora_ts_penalty < 0:
             raise ConfigError(f"lora-ts-penalty must be >= 0 (0: no sparsity pressure), got "
                               f"{self.lora_ts_penalty}.")

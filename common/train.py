@@ -19,6 +19,7 @@ from common.config import RunConfig
 from common.glue import TaskSpec
 from common.methods import Method
 from common.metrics import compute_metrics
+from common.token_merge import merging
 
 
 @dataclass
@@ -59,7 +60,9 @@ def train_locally(
     """Run the local budget on one shard; the method's parts keep the model consistent.
 
     First the method may look at the shard's first `salience-batches` batches (the ones
-    training starts with): sparse-local picks its entries there, other methods skip it."""
+    training starts with): sparse-local picks its entries there, other methods skip it.
+    With `token-merge` R > 0, every training forward pass (that look too) merges tokens in
+    the middle layers; the hooks are gone when this returns."""
     start = time.perf_counter()
     model = method.model
     device = next(model.parameters()).device
@@ -72,14 +75,15 @@ def train_locally(
         return encode(tokenizer, rows, task, cfg.max_seq_length, device)
 
     torch.manual_seed(cfg.seed * 7919 + server_round * 101 + partition_id)
-    method.prepare(batch(step) for step in range(cfg.salience_batches))
-    optimizer = make_optimizer(method)
-    model.train()
-    losses = []
-    for step in range(steps):
-        losses.append(train_step(method, optimizer, batch(step)))
-        if progress:
-            progress(step + 1, steps, losses[-1])
+    with merging(model, cfg.token_merge):
+        method.prepare(batch(step) for step in range(cfg.salience_batches))
+        optimizer = make_optimizer(method)
+        model.train()
+        losses = []
+        for step in range(steps):
+            losses.append(train_step(method, optimizer, batch(step)))
+            if progress:
+                progress(step + 1, steps, losses[-1])
     model.eval()
     return TrainResult(len(shard), steps, float(np.mean(losses)), time.perf_counter() - start)
 

@@ -60,6 +60,8 @@ HELP = {
     "shira-r": "shira random mask: r x (in + out) entries per targeted layer",
     "codec": "fp32, fp16, bf16, int8, ternary (compare: a comma list)",
     "codec-density": "ternary: the share of each chunk of 4096 values it sends, in (0, 1]",
+    "token-merge": "training only: merge this many similar token pairs in each middle "
+                   "encoder layer (ToMe matching, straight-through); 0: off",
     "mask-criterion": "smallest, largest or random entries (compare: a comma list)",
     "server-opt": "fedavg, fedadam, fedyogi (compare: a comma list)",
     "server-lr": "fedadam/fedyogi step size (0: each part's own learning rate)",
@@ -320,11 +322,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from common.glue import get_task, load_split
+    from common.token_merge import merging
     from common.train import eval_subset, evaluate
 
     cfg = RunConfig.from_mapping({k: v for k, v in {
         "task": args.task, "data_dir": args.data_dir, "seed": args.seed,
         "eval_max_examples": args.eval_max_examples, "max_seq_length": args.max_seq_length,
+        "token_merge": args.token_merge,
     }.items() if v is not None}).validate()
     task = get_task(cfg.task)
     if not (Path(args.model) / "config.json").is_file():
@@ -333,8 +337,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     dev = eval_subset(load_split(task, "validation", cfg.resolved_data_dir),
                       cfg.eval_max_examples, cfg.seed)
-    metrics, loss = evaluate(model, dev, tokenizer, task, cfg.max_seq_length)
-    print(json.dumps({"task": task.name, "examples": len(dev), "loss": loss, **metrics}, indent=2))
+    with merging(model, cfg.token_merge):
+        metrics, loss = evaluate(model, dev, tokenizer, task, cfg.max_seq_length)
+    print(json.dumps({"task": task.name, "examples": len(dev), "token_merge": cfg.token_merge,
+                      "loss": loss, **metrics}, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--eval-max-examples", help="0: the whole dev set [default: 256]")
     evaluate.add_argument("--max-seq-length")
     evaluate.add_argument("--seed")
+    evaluate.add_argument("--token-merge", help="merge this many token pairs per middle layer "
+                          "while scoring, as training with --token-merge does [default: 0]")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
 

@@ -18,6 +18,8 @@ from simulations.cli import main
     (["simulate", "--rounds", "two"], "'rounds' expects int"),
     (["simulate", "--model", "/no/such/model"], "Unknown model '/no/such/model'"),
     (["simulate", "--data-dir", "/no/such/glue"], "/no/such/glue"),
+    (["simulate", "--method", "lora-ts", "--token-merge", "4"], "--token-merge 0 with lora-ts"),
+    (["evaluate", "--task", "sst2", "--token-merge", "-1"], "token-merge is the token pairs"),
 ])
 def test_bad_input_is_one_clear_line(args, message, capsys, tiny_model_dir):
     if "--model" not in args:

@@ -36,6 +36,8 @@ def test_from_mapping_coerces_strings_and_accepts_both_spellings():
     ({"shira-mask": "salient"}, "Unknown shira-mask 'salient'. Allowed: random, magnitude"),
     ({"shira-r": 0}, "shira-r must be > 0"),
     ({"lora-ts-penalty": -1}, "lora-ts-penalty must be >= 0"),
+    ({"token-merge": -2}, "token-merge is the token pairs merged per middle layer"),
+    ({"method": "lora-ts", "token-merge": 4}, "use --token-merge 0 with lora-ts"),
     ({"mask-include": "bias,heads"}, "Unknown mask-include 'heads'"),
     ({"sparsity": 2.0}, "sparsity is a fraction"),
     ({"clients-per-round": 9}, "clients-per-round must be between 1 and num-clients"),
