@@ -53,3 +53,15 @@ def server_process(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def batch(tiny_model_dir):
+    """Four labelled sentences tokenized for the tiny BERT: one training batch."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    enc = tokenizer(["a fine film", "dull and long", "great fun", "not good"], padding=True,
+                    return_tensors="pt")
+    return {**enc, "labels": torch.tensor([1, 0, 1, 0])}

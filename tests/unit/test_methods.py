@@ -34,16 +34,6 @@ VARIANTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def batch(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    enc = tokenizer(["a fine film", "dull and long", "great fun", "not good"], padding=True,
-                    return_tensors="pt")
-    return {**enc, "labels": torch.tensor([1, 0, 1, 0])}
-
-
 def _method(model_dir, name, sync="merged", target="bias", **extra):
     cfg = RunConfig(method=name, model=str(model_dir), sparsity=0.05, hiwi_sync=sync,
                     hiwi_target=target, **{"shira_r": 4, **extra})  # r=32 outgrows 32 x 32

@@ -17,16 +17,6 @@ from tests.unit.test_methods import _train
 TASK = get_task("sst2")
 
 
-@pytest.fixture(scope="module")
-def batch(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    enc = tokenizer(["a fine film", "dull and long", "great fun", "not good"], padding=True,
-                    return_tensors="pt")
-    return {**enc, "labels": torch.tensor([1, 0, 1, 0])}
-
-
 def _method(model_dir, name="pafi", **extra):
     """At PaFi's default density (0.5%), where the k-entry path applies."""
     cfg = RunConfig(method=name, model=str(model_dir), sparsity=0.005, **extra)

@@ -16,16 +16,6 @@ from common.train import make_optimizer
 TASK = get_task("sst2")
 
 
-@pytest.fixture(scope="module")
-def batch(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    enc = tokenizer(["a fine film", "dull and long", "great fun", "not good"], padding=True,
-                    return_tensors="pt")
-    return {**enc, "labels": torch.tensor([1, 0, 1, 0])}
-
-
 def _method(model_dir, name, **extra):
     cfg = RunConfig(method=name, model=str(model_dir), sparsity=0.05, **{"shira_r": 4, **extra})
     return build_method(load_backbone(str(model_dir), TASK, seed=0), cfg)
