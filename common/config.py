@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "hiwi_sync": ("merged", "adapter"),
     "shira_mask": ("random", "magnitude"),
     "untrained_pooler": ("identity", "train", "keep"),
+    "lr_schedule": ("constant", "cosine"),
     "server_opt": ("fedavg", "fedadam", "fedyogi"),
     "aggregator": ("fedavg", "median", "trimmed-mean", "krum"),
     "dp_clipping": ("fixed", "adaptive"),
@@ -77,12 +78,14 @@ class RunConfig:
     lr_full: float = 1e-4  # full fine-tuning, every weight
     lr_sparse: float = 1e-3  # sparse-local's own entries (salient, not small: not PaFi's rate)
     lr_shira: float = 1e-3  # shira's random entries (magnitude: PaFi's entries, lr-pafi)
+    lr_schedule: str = "constant"  # cosine: every part's rate decays over the rounds
     sparsity: float = 0.005
     mask_k: int = 0  # > 0 replaces sparsity with an absolute number of entries
     mask_scope: str = "global"
     mask_criterion: str = "smallest"
     mask_include: str = ""  # comma list of extra parameter kinds: bias, layernorm
     salience_batches: int = 4  # sparse-local: local batches whose |gradient| picks the entries
+    logit_adjust: float = 0.0  # > 0: train on logits + this x log(the shard's label prior)
     hiwi_target: str = "bias"
     hiwi_rank: int = 8
     hiwi_sync: str = "merged"
@@ -249,6 +252,9 @@ class RunConfig:
         _positive("rounds", self.rounds)
         _positive("batch-size", self.batch_size)
         _positive("salience-batches", self.salience_batches)
+        if self.logit_adjust < 0:
+            raise ConfigError(f"logit-adjust scales the shard's log label prior added to the "
+                              f"training logits (0: off, 1: the usual), got {self.logit_adjust}.")
         _positive("hiwi-rank", self.hiwi_rank)
         _positive("lora-rank", self.lora_rank)
         _positive("lora-alpha", self.lora_alpha)

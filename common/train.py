@@ -74,30 +74,66 @@ def train_locally(
         rows = shard[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
         return encode(tokenizer, rows, task, cfg.max_seq_length, device)
 
+    shift = label_prior_shift(shard, task, cfg.logit_adjust, device)
     torch.manual_seed(cfg.seed * 7919 + server_round * 101 + partition_id)
     with merging(model, cfg.token_merge):
         method.prepare(batch(step) for step in range(cfg.salience_batches))
-        optimizer = make_optimizer(method)
+        optimizer = make_optimizer(method, round_lr_factor(cfg, server_round))
         model.train()
         losses = []
         for step in range(steps):
-            losses.append(train_step(method, optimizer, batch(step)))
+            losses.append(train_step(method, optimizer, batch(step), shift))
             if progress:
                 progress(step + 1, steps, losses[-1])
     model.eval()
     return TrainResult(len(shard), steps, float(np.mean(losses)), time.perf_counter() - start)
 
 
-def make_optimizer(method: Method) -> torch.optim.Optimizer:
+def round_lr_factor(cfg: RunConfig, server_round: int) -> float:
+    """What this round's local rates are multiplied by: 1, or a cosine over the rounds.
+
+    With a constant rate, FedAvg on label-skewed shards only reaches a neighbourhood whose
+    size grows with the rate times the local steps (Li et al., ICLR 2020, need a decaying
+    rate for convergence); there the global model swings from round to round. The cosine
+    keeps the early rounds fast and lets the last ones settle."""
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / cfg.rounds))
+
+
+def make_optimizer(method: Method, lr_factor: float = 1.0) -> torch.optim.Optimizer:
     """AdamW over the method's trainable values only (its state is as small as they are),
-    one group per part at that part's learning rate."""
-    return torch.optim.AdamW(method.param_groups(), weight_decay=0.0)
+    one group per part at that part's learning rate (times `lr_factor`)."""
+    groups = [{**group, "lr": group["lr"] * lr_factor} for group in method.param_groups()]
+    return torch.optim.AdamW(groups, weight_decay=0.0)
+
+
+def label_prior_shift(shard: Dataset, task: TaskSpec, scale: float,
+                      device: torch.device) -> torch.Tensor | None:
+    """`scale` x log of the shard's label prior (add-one smoothed), or None when off.
+
+    Logit adjustment (Menon et al., 2021), as FedLC uses it against label skew: training on
+    logits + log prior lets the prior explain a shard's imbalance, so the model learns the
+    class-balanced score and a 97%-positive client no longer drags the shared head (and
+    the entries feeding it) toward "positive". Evaluation uses the plain logits."""
+    if scale == 0 or task.is_regression:
+        return None
+    counts = np.bincount(np.asarray(shard["label"], dtype=np.int64), minlength=task.num_labels)
+    prior = (counts + 1) / (counts.sum() + task.num_labels)
+    return torch.tensor(scale * np.log(prior), dtype=torch.float32, device=device)
 
 
 def train_step(method: Method, optimizer: torch.optim.Optimizer,
-               batch: dict[str, torch.Tensor]) -> float:
-    """One local step on a ready batch; the method syncs its parts after the update."""
-    loss = method.model(**batch).loss
+               batch: dict[str, torch.Tensor], shift: torch.Tensor | None = None) -> float:
+    """One local step on a ready batch; the method syncs its parts after the update.
+
+    `shift` (label_prior_shift) is added to the logits the loss sees."""
+    if shift is None:
+        loss = method.model(**batch).loss
+    else:
+        labels = batch["labels"]
+        logits = method.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        loss = torch.nn.functional.cross_entropy(logits + shift, labels)
     penalty = method.penalty()  # lora-ts: the gate's sparsity pressure; not in the logged loss
     (loss if penalty is None else loss + penalty).backward()
     optimizer.step()

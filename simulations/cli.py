@@ -44,12 +44,16 @@ HELP = {
     "lr-lora": "learning rate of the LoRA factors",
     "lr-shira": "learning rate of shira's random entries (magnitude: lr-pafi)",
     "lr-full": "learning rate of full fine-tuning",
+    "lr-schedule": "constant, or cosine: each round's local rates are the set ones times "
+                   "(1 + cos(pi (round - 1) / rounds)) / 2, so the last rounds settle",
     "untrained-pooler": "a pooler the checkpoint ships untrained: identity, train or keep",
     "sparsity": "PaFi mask size as a fraction of eligible weights (compare: a comma list)",
     "mask-k": "PaFi mask size as an absolute count (replaces sparsity)",
     "mask-include": "extra mask candidates: bias, layernorm (comma list)",
     "salience-batches": "sparse-local: local batches whose summed |gradient| picks each "
                         "client's k entries",
+    "logit-adjust": "train on logits + this x log(the client's label prior), so a skewed "
+                    "shard does not pull the head toward its own classes; 0: off, 1: usual",
     "hiwi-sync": "merged: send P'-P; adapter: send adapter parameters",
     "lora-targets": "comma list of linear module names that get LoRA factors (and shira's "
                     "random entries)",
