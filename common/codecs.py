@@ -101,7 +101,7 @@ class FixedCodec(Codec):
             )
         if self.name == "bf16":
             return torch.from_numpy(data.view(np.int16).copy()).view(torch.bfloat16).float()
-        if self.name != "int8":  # fp32 arrays are used in place: a copy costs 0.2 s for full
+        if self.name != "int8":  # writable fp32 is used in place, read-only copied once
             return torch.from_numpy(data.astype(np.float32, copy=not data.flags.writeable))
         scales = data[numel:].copy().view(np.float32)
         padded = np.zeros(scales.size * CHUNK, dtype=np.float32)

@@ -59,11 +59,11 @@ def decode_update(arrays: dict[str, np.ndarray], codec: Codec, layout: Layout,
     else:
         flat = codec.decode(arrays[VALUES], sum(sizes))
     update = _split(flat, layout)
-    for key, value in update.items():
-        if not torch.isfinite(value).all():
-            bad = int((~torch.isfinite(value)).sum())
-            raise UpdateError(f"'{key}' holds {bad} non-finite values (NaN or inf).")
-    return update
+    if np.isfinite(flat.numpy()).all():  # numpy's check: torch's takes 0.1 s for full's 91 MB
+        return update
+    key, value = next((k, v) for k, v in update.items() if not torch.isfinite(v).all())
+    bad = int((~torch.isfinite(value)).sum())
+    raise UpdateError(f"'{key}' holds {bad} non-finite values (NaN or inf).")
 
 
 def dropped(update: State, arrays: dict[str, np.ndarray], codec: Codec,

@@ -15,14 +15,18 @@ Flower's SecAgg+ workflow around the same sampling, reply checks (`accept`,
 
 from __future__ import annotations
 
+import io
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.constant import SType
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
@@ -291,7 +295,8 @@ class FedPafiStrategy(FedAvg):
     def _validated(self, reply: Message) -> ValidReply:
         """Decode and check one reply, or raise with the reason it is refused."""
         valid = self.checked_envelope(reply, p.UPDATE)
-        arrays = {key: array.numpy() for key, array in reply.content[p.UPDATE].items()}
+        arrays = {key: received_values(key, array)
+                  for key, array in reply.content[p.UPDATE].items()}
         method = self.session.method
         if method.sparse_wire and len(arrays.get(INDICES, ())) > method.num_values():
             raise RejectedReply(f"sparse update carries {len(arrays[INDICES])} values; "
@@ -357,3 +362,27 @@ class ValidReply:
 
 class RejectedReply(FedPafiError):
     """A reply that must not reach the aggregate."""
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,  # what np.save writes
+                (2, 0): np.lib.format.read_array_header_2_0}  # for headers over 64 KiB
+
+
+def received_values(key: str, array: Array) -> np.ndarray:
+    """A reply's array as a read-only view of the bytes Flower received: `Array.numpy()`
+    copies them (91 MB for `full`). The decoders copy what they keep, and numpy refuses
+    any write into the view."""
+    try:
+        if array.stype != SType.NUMPY:
+            raise ValueError(f"stype {array.stype!r}, expected {SType.NUMPY!r}")
+        npy = io.BytesIO(array.data)
+        read_header = _NPY_HEADERS.get(np.lib.format.read_magic(npy))
+        if read_header is None:
+            raise ValueError("not an .npy of format 1.0 or 2.0")
+        shape, fortran_order, dtype = read_header(npy)
+        if dtype.hasobject:
+            raise ValueError("object arrays are refused: they would need pickle")
+        flat = np.frombuffer(array.data, dtype, count=math.prod(shape), offset=npy.tell())
+    except ValueError as exc:
+        raise RejectedReply(f"array '{key}' is not a readable NumPy array: {exc}") from exc
+    return flat.reshape(shape, order="F" if fortran_order else "C")

@@ -6,14 +6,21 @@ message object itself, an envelope of ids and timestamps (130-200 B), is not: it
 depends on the runtime (the simulation engine writes UUIDs, a SuperLink content hashes and
 random task ids), so leaving it out makes a round's bytes the same in simulation and in a
 deployment.
+
+An array chunk deflates to a fixed header and its bytes, so its size is counted from its
+length: deflating it again would copy a `full` reply's 91 MB once more. Flower's ids
+(`Array.slice_array`, hashed once and kept by the array) still decide which objects are
+the same and travel once.
 """
 
 from __future__ import annotations
 
 import time
 
-from flwr.app import ArrayRecord, Error, Message, Metadata, RecordDict
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.app import Array, ArrayRecord, Error, Message, Metadata, RecordDict
+from flwr.app.message.arraychunk import ArrayChunk
+from flwr.supercore.constant import HEAD_BODY_DIVIDER, HEAD_VALUE_DIVIDER
+from flwr.supercore.inflatable.inflatable_object import InflatableObject
 
 
 def message_bytes(message: Message) -> int:
@@ -24,7 +31,27 @@ def message_bytes(message: Message) -> int:
 
 def record_bytes(record: RecordDict | ArrayRecord) -> int:
     """Bytes Flower carries for a record and everything below it (arrays, chunks)."""
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(record).values())
+    sizes: dict[str, int] = {}
+    _add_sizes(record, sizes)
+    return sum(sizes.values())
+
+
+def _add_sizes(obj: InflatableObject, sizes: dict[str, int]) -> None:
+    """Each deflated object's size under its id, children first (Flower's
+    `get_all_nested_objects`, without deflating chunks)."""
+    if isinstance(obj, Array):
+        sizes.update((chunk_id, _chunk_bytes(chunk)) for chunk_id, chunk in obj.slice_array())
+    else:
+        for child in (obj.children or {}).values():
+            _add_sizes(child, sizes)
+    sizes[obj.object_id] = len(obj.deflate())
+
+
+def _chunk_bytes(chunk: ArrayChunk) -> int:
+    """`ArrayChunk.deflate()`'s length: the head `ArrayChunk  <n>` (no children), the
+    divider, the n bytes."""
+    head = HEAD_VALUE_DIVIDER.join((type(chunk).__qualname__, "", str(len(chunk.data))))
+    return len(head.encode()) + len(HEAD_BODY_DIVIDER) + chunk.data.nbytes
 
 
 def standalone_reply(record: RecordDict | Error) -> Message:

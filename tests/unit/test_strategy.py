@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 
+import numpy as np
 import pytest
 import torch
-from flwr.app import Error, Message, Metadata
+from flwr.app import Array, Error, Message, Metadata
 
 from client.app import reply_record
 from common.config import RunConfig
 from common.session import Session
 from common.train import TrainResult
-from server.strategy import FedPafiStrategy, RejectedReply
+from server.strategy import FedPafiStrategy, RejectedReply, received_values
 from server.traffic import message_bytes, standalone_reply
 
 
@@ -99,3 +101,40 @@ def test_bytes_count_the_records_not_the_runtime_envelope(strategy):
     assert len(other.deflate()) != len(reply.deflate())
     assert message_bytes(other) == message_bytes(reply) > 0
     assert message_bytes(standalone_reply(Error(code=0, reason="crashed"))) == 0
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(7, dtype=np.float32), np.arange(6, dtype=np.int8).reshape(2, 3),
+    np.asfortranarray(np.arange(6, dtype=np.float16).reshape(2, 3)), np.zeros(0, np.int32),
+    np.arange(4, dtype=">f4"),
+])
+def test_a_received_array_is_read_in_place(array):
+    """As `Array.numpy()` reads it, without copying its bytes, and read-only."""
+    wire = Array(array)
+    values = received_values("values", wire)
+    assert values.dtype == array.dtype and np.array_equal(values, wire.numpy())
+    assert values.flags.f_contiguous == array.flags.f_contiguous
+    assert not values.flags.writeable
+    assert np.shares_memory(values, np.frombuffer(wire.data, np.uint8)) or not array.size
+
+
+def _npy(descr: str, shape: tuple[int, ...], data: bytes) -> bytes:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False,
+                                                  "shape": shape})
+    return header.getvalue() + data
+
+
+@pytest.mark.parametrize("data, stype, reason", [
+    (b"not an npy file at all", "numpy.ndarray", "the magic string is not correct"),
+    (_npy("<f4", (4,), b"\0" * 12), "numpy.ndarray", "buffer is smaller"),
+    (_npy("|O", (2,), b"\0" * 16), "numpy.ndarray", "object arrays are refused"),
+    (_npy("<f4", (1,), b"\0" * 4), "torch.Tensor", "stype 'torch.Tensor'"),
+])
+def test_an_unreadable_update_array_is_rejected(strategy, data, stype, reason):
+    reply = _reply(strategy)
+    reply.content["update"]["values"] = Array(dtype="float32", shape=(1,), stype=stype,
+                                              data=data)
+    with pytest.raises(RejectedReply, match=f"array 'values' is not a readable NumPy array: "
+                                            f".*{reason}"):
+        strategy._validated(reply)

@@ -126,6 +126,21 @@ def test_a_sparse_update_off_the_layout_is_refused_before_it_is_sent():
         encode_update(update, CODECS["fp32"], LAYOUT, sparse=True)
 
 
+@pytest.mark.parametrize("name", [*CODECS])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_decoding_never_writes_into_the_received_bytes(name, sparse):
+    """The server decodes read-only views of a reply's bytes (numpy raises on any write):
+    the same update as from writable copies, and none of it shares their memory."""
+    codec, update = CODECS[name], _sparse_update() if sparse else _update()
+    arrays = encode_update(update, codec, LAYOUT, sparse)
+    received = {k: np.frombuffer(v.tobytes(), v.dtype) for k, v in arrays.items()}
+    assert not any(v.flags.writeable for v in received.values())
+    decoded = decode_update(received, codec, LAYOUT, sparse)
+    for key, value in decode_update(arrays, codec, LAYOUT, sparse).items():
+        assert torch.equal(decoded[key], value)
+        assert not any(np.shares_memory(decoded[key].numpy(), v) for v in received.values())
+
+
 def test_weighted_mean_by_hand():
     updates = [{"v": torch.tensor([1.0, 0.0])}, {"v": torch.tensor([3.0, 4.0])}]
     mean = weighted_mean(updates, [1, 3])
