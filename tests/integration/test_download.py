@@ -10,6 +10,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message
 
+from client.faults import pick_fault
 from client.view import VIEW, VIEW_AT
 from common import protocol as p
 from common.config import RunConfig
@@ -89,3 +90,22 @@ def test_a_resumed_run_sends_the_whole_view_and_stays_bit_identical(cfg, server_
     for key in straight.state:
         assert torch.equal(resumed.state[key], straight.state[key])
         assert torch.equal(resumed.view[key], straight.view[key])
+
+
+def test_a_client_that_crashed_gets_the_whole_view_next(cfg, server_process):
+    """A crash (`--fault-rate`) leaves no reply, so the server cannot know the client kept
+    the view; a refused reply (wrong fingerprint) still says which view it holds."""
+    cfg = cfg.replace(clients_per_round=0, fault_rate=0.5,
+                      fault_kinds="crash,wrong-fingerprint").validate()
+    strategy, grid = FedPafiStrategy(Session.build(cfg)), ClientGrid(cfg.num_clients)
+    faults = {(r, n): pick_fault(cfg, r, grid.partitions[n]) for r in (1, 2, 3)
+              for n in grid.partitions}
+    assert {"crash", "wrong-fingerprint"} <= set(faults.values())  # seed 0 draws both
+    for server_round in (1, 2, 3):
+        for message in play(strategy, grid, server_round):
+            node = message.metadata.dst_node_id
+            coded = p.VIEW_BASE in message.content[p.CONFIG]
+            assert coded == (server_round > 1 and faults[server_round - 1, node] != "crash")
+            if faults[server_round, node] != "crash":
+                view = grid.contexts[node].state[VIEW].to_torch_state_dict()
+                assert all(torch.equal(view[k], strategy.view[k]) for k in strategy.view)
