@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 from client.faults import inject_faults
 from client.residue import carried, keep, residue_folder
 from client.secagg import secure_aggregation
+from client.view import received_state
 from common import protocol as p
 from common.config import RunConfig
 from common.errors import ConfigError
@@ -25,7 +26,7 @@ from common.laps import Laps
 from common.privacy import client_private
 from common.session import Session
 from common.train import TrainResult, train_locally
-from common.updates import State, add, dropped, encode_update, unpack_state
+from common.updates import State, add, dropped, encode_update
 
 app = ClientApp()
 
@@ -55,8 +56,7 @@ def train(msg: Message, context: Context) -> Message:
     clock.lap("build")
     partition_id, shard = _own_shard(cfg, context)
     clock.lap("data")
-    arrays = {k: a.numpy() for k, a in msg.content[p.ARRAYS].items()}
-    session.method.load(unpack_state(arrays, session.method.layout, session.method.sparse_wire))
+    session.method.load(received_state(msg.content, context, session))
     clock.lap("load")
     result = train_locally(session.method, shard, session.tokenizer, session.task, cfg,
                            int(config[p.ROUND]), partition_id, _progress(cfg, partition_id))
@@ -70,6 +70,8 @@ def train(msg: Message, context: Context) -> Message:
         private = {p.DP_UNCLIPPED: int(unclipped)}
     reply = _reply(session, update, result, partition_id, context, config)
     reply[p.METRICS].update(private)
+    if cfg.download_codec != "fp32":  # the view this client now holds (`client/view.py`)
+        reply[p.REPLY_INFO][p.VIEW_ROUND] = int(config[p.ROUND])
     clock.lap("encode")
     reply[p.METRICS].update({f"{phase}-seconds": s for phase, s in clock.seconds.items()})
     return Message(content=reply, reply_to=msg)

@@ -238,3 +238,10 @@ CODECS: dict[str, Codec] = {
 def run_codec(cfg: RunConfig) -> Codec:
     """The codec a run's settings name, at its codec-density."""
     return CODECS[cfg.codec].for_density(cfg.codec_density)
+
+
+def download_codec(cfg: RunConfig) -> Codec | None:
+    """The codec of the server's coded download (`common.download`), at the run's
+    codec-density; None when the server sends the whole fp32 state."""
+    return None if cfg.download_codec == "fp32" else CODECS[cfg.download_codec].for_density(
+        cfg.codec_density)

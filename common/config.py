@@ -28,6 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "shira_mask": ("random", "magnitude"),
     "untrained_pooler": ("identity", "train", "keep"),
     "lr_schedule": ("constant", "cosine"),
+    "download_codec": ("fp32", "ternary"),  # fp32: the whole state; ternary: coded changes
     "server_opt": ("fedavg", "fedadam", "fedyogi"),
     "aggregator": ("fedavg", "median", "trimmed-mean", "krum"),
     "dp_clipping": ("fixed", "adaptive"),
@@ -98,6 +99,7 @@ class RunConfig:
     shira_r: int = 32  # random mask: r x (in + out) entries per layer, peft's default
     codec: str = "fp32"
     codec_density: float = 0.3  # ternary: the share of each chunk's values it keeps
+    download_codec: str = "fp32"  # ternary: send the change from the clients' view, coded
     token_merge: int = 0  # > 0: merge this many token pairs per middle layer in training
     server_opt: str = "fedavg"
     server_lr: float = 0.0  # fedadam/fedyogi step; 0: each part's own learning rate
@@ -317,6 +319,12 @@ class RunConfig:
                 "clients send their own entries with int32 indices (and the entries its error "
                 "feedback carries would outgrow its k); use fp32, fp16, bf16 or int8 with it."
             )
+        if self.download_codec != "fp32" and self.method == "sparse-local":
+            raise ConfigError(
+                "download-codec ternary codes the change of the global state in the shared "
+                "layout, but sparse-local sends its state as the union of the clients' own "
+                "entries with indices; use download-codec fp32 with it."
+            )
 
     def _validate_poisoning(self) -> None:
         """A whole number of poisoners: a study's "10%" must be exactly that many clients."""
@@ -454,6 +462,10 @@ class RunConfig:
             (self.codec != "fp32",
              f"codec {self.codec} would add its own rounding before secagg's quantization "
              f"(secagg-quantization-range), which replaces it on the wire; use codec fp32."),
+            (self.download_codec != "fp32",
+             f"download-codec {self.download_codec} sends each client a change of the state it "
+             f"holds, but secagg's workflow sends every client the same whole state; use "
+             f"download-codec fp32 with secagg."),
             (self.secagg_shares != 0 and not 3 <= self.secagg_shares <= m,
              f"secagg-shares must be 0 (every sampled client) or between 3 and the clients "
              f"sampled per round ({m}), got {self.secagg_shares}."),

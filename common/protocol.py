@@ -18,4 +18,9 @@ DP_UNCLIPPED = "dp-unclipped"  # client -> server, client-side DP: 1 if its norm
 # (0 when its process kept it from an earlier round), cutting its shard, loading the global
 # state, local training (tokenizing included) and encoding the update.
 CLIENT_PHASES = ("build", "data", "load", "train", "encode")
+# --download-codec ternary: a coded download carries the round of the view it changes
+# (server -> client, absent from a whole state); a reply, the round of the view its client
+# now holds (client -> server)
+VIEW_BASE = "view-base-round"
+VIEW_ROUND = "view-round"
 CLIENT_STATE = "client-state-dir"  # server -> client in a simulation: where client state persists

@@ -17,6 +17,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.serverapp import Grid, ServerApp
 
 from common import plots, privacy, report
+from common.codecs import download_codec
 from common.config import POISON_SCALE, RunConfig
 from common.errors import MergeError
 from common.export import save_checkpoint, save_update
@@ -113,6 +114,11 @@ def _describe(session: Session) -> None:
               f"4096 values as sign x the chunk's mean magnitude, positions Rice-coded, at "
               f"least {report.human_bytes(floor)} an update; each client carries what it "
               f"drops into its next update", flush=True)
+    if download := download_codec(cfg):
+        print(f"download {download.label}: each client gets the coded change from "
+              f"the state the clients hold, or that state whole (fp32) when it missed the "
+              f"previous round; clients train from this lossy copy, the server evaluates "
+              f"the global state", flush=True)
     if warning := report.large_update_warning(cfg.method, method.num_values(), method.full_values):
         print(warning, flush=True)
     if cfg.aggregator != "fedavg" or cfg.poisoning_clients:
@@ -201,6 +207,7 @@ def _finish(session: Session, strategy: FedPafiStrategy, log: RoundLog,
         "mask_fingerprint": session.fingerprint,
         "k": session.method.mask.k if session.method.mask else session.method.num_indices(),
         "wall_s": sum(r["wall_s"] for r in records),
+        **({"download_codec": strategy.download.label} if strategy.download else {}),
         **_privacy_summary(cfg, records),
     })
     if records:

@@ -68,6 +68,9 @@ class RoundLog:
             record["epsilon"] = privacy.epsilon(self.session.cfg, releases)
         if traffic.dp_clipping_norm is not None:  # DP: the norm the round clipped to
             record["dp_clipping_norm"] = traffic.dp_clipping_norm
+        if traffic.whole_downloads is not None:  # coded download: who got the whole view
+            record["download"] = {"codec": self.strategy.download.label,
+                                  "whole": traffic.whole_downloads}
         if traffic.secagg:  # SecAgg+: bytes and seconds by stage, the mean's tolerance
             record["secagg"] = traffic.secagg
         if self.session.method.sparse_wire:  # entries any client has changed so far

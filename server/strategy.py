@@ -10,7 +10,10 @@ result goes to the server optimizer (FedAvg, FedAdam or FedYogi in the method's 
 `common.server_opt`). The ServerApp (`server/app.py`) calls these steps in the order of
 the algorithm, one round after the other. With `--secagg`, `server/secagg.py` runs
 Flower's SecAgg+ workflow around the same sampling, reply checks (`accept`,
-`checked_envelope`) and optimizer step (`step`).
+`checked_envelope`) and optimizer step (`step`). With `--download-codec ternary` the
+server sends each client the coded change from the state the clients hold (the client view,
+`common.download`) instead of the whole state, or that view whole to a client that does
+not hold the previous one.
 """
 
 from __future__ import annotations
@@ -33,16 +36,19 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from common import protocol as p
 from common.aggregators import aggregate
+from common.codecs import download_codec
+from common.download import coded_change
 from common.errors import FedPafiError
 from common.laps import Laps
 from common.privacy import next_clipping_norm, noised_mean, private_mean
 from common.server_opt import server_optimizer_for
 from common.session import Session
 from common.train import evaluate
-from common.updates import INDICES, State, decode_update, pack_state
+from common.updates import INDICES, State, decode_update, pack_state, unpack_state
 from server.traffic import message_bytes
 
 DP_NORM_KEY = "dp.clipping_norm"  # in the checkpoint
+VIEW_PREFIX = "download.view."  # the client view's entries in the checkpoint
 
 
 @dataclass
@@ -62,6 +68,7 @@ class RoundTraffic:
     client_seconds: dict[str, float] = field(default_factory=dict)  # summed over valid replies
     secagg: dict = field(default_factory=dict)  # SecAgg+: bytes by stage, the tolerance
     dp_clipping_norm: float | None = None  # DP: the norm this round's updates were clipped to
+    whole_downloads: int | None = None  # coded download: clients sent the whole view
 
     def node_of(self, reply: Message) -> int:
         """The node a reply stands for. The SuperLink answers for an offline node itself
@@ -96,13 +103,19 @@ class FedPafiStrategy(FedAvg):
         self.online: set[int] | None = None  # nodes online at the last sampling
         self.client_state = client_state if session.codec.error_feedback else None
         self.clipping_norm = cfg.dp_clipping_norm  # DP: the next round's (adaptive moves it)
+        self.download = download_codec(cfg)  # None: every client gets the whole fp32 state
+        self.view: State | None = None  # coded download: the state the clients hold
+        self.view_round = 0  # the round whose instructions built the view
+        self.holds: dict[int, int] = {}  # node -> the round of the view its reply said it holds
 
     def checkpoint(self) -> State:
-        """What a resumed run needs: the global state, the server optimizer's moments and
-        the DP clipping norm (moved by adaptive clipping)."""
+        """What a resumed run needs: the global state, the server optimizer's moments, the
+        DP clipping norm (moved by adaptive clipping) and the client view (coded download:
+        the next change is coded from it)."""
         norm = ({DP_NORM_KEY: torch.tensor([self.clipping_norm], dtype=torch.float64)}
                 if self.session.cfg.dp_clipping == "adaptive" else {})
-        return {**self.state, **self.optimizer.state_dict(), **norm}
+        view = {VIEW_PREFIX + k: v for k, v in (self.view or {}).items()}
+        return {**self.state, **self.optimizer.state_dict(), **norm, **view}
 
     def resume(self, completed_round: int, saved: State) -> None:
         """Continue after `completed_round` from its checkpoint."""
@@ -111,6 +124,10 @@ class FedPafiStrategy(FedAvg):
         self.optimizer.load_state_dict(saved)
         if DP_NORM_KEY in saved:
             self.clipping_norm = float(saved[DP_NORM_KEY].item())
+        view = {k[len(VIEW_PREFIX):]: v for k, v in saved.items() if k.startswith(VIEW_PREFIX)}
+        if view:  # no node of this new Flower run holds it yet: each gets it whole first
+            self.session.method.check_layout(view, "checkpoint's client view")
+            self.view, self.view_round = view, completed_round
         self.state, self.round_offset = state, completed_round
 
     def global_arrays(self) -> ArrayRecord:
@@ -149,11 +166,36 @@ class FedPafiStrategy(FedAvg):
         nodes = self.sample(grid, server_round)
         traffic = self.traffic[server_round + self.round_offset]
         config[p.ROUND] = server_round + self.round_offset
-        record = self._record(arrays, config)
-        messages = [Message(content=record, message_type="train", dst_node_id=n) for n in nodes]
-        traffic.bytes_down = [message_bytes(m) for m in messages[:1]] * len(messages)  # alike
+        records = (self._coded_download(nodes, config, traffic) if self.download
+                   else dict.fromkeys(nodes, self._record(arrays, config)))
+        messages = [Message(content=records[n], message_type="train", dst_node_id=n)
+                    for n in nodes]
+        sizes: dict[int, int] = {}  # messages that share a record weigh alike: measure once
+        traffic.bytes_down = [sizes.setdefault(id(m.content), message_bytes(m))
+                              for m in messages]
         traffic.sent = messages
         return messages
+
+    def _coded_download(self, nodes: list[int], config: ConfigRecord,
+                        traffic: RoundTraffic) -> dict[int, RecordDict]:
+        """Each node's instruction when the download is coded (`common.download`): the
+        coded change from the previous view to a node whose reply said it holds that view,
+        the new view whole (fp32) to any other. Round 1 (or a run's first without a view)
+        sends the global state whole, and it becomes the view."""
+        method, server_round = self.session.method, int(config[p.ROUND])
+        base, change = self.view_round, None
+        if self.view is None:
+            self.view = unpack_state(pack_state(self.state, method.layout), method.layout)
+        else:
+            arrays, self.view = coded_change(self.state, self.view, self.download, method.layout)
+            change = self._record(ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                                  ConfigRecord({**config, p.VIEW_BASE: base}))
+        self.view_round = server_round
+        coded = {n for n in nodes if change is not None and self.holds.get(n) == base}
+        whole = None if coded == set(nodes) else self._record(ArrayRecord(
+            {k: Array(v) for k, v in pack_state(self.view, method.layout).items()}), config)
+        traffic.whole_downloads = len(nodes) - len(coded)
+        return {n: change if n in coded else whole for n in nodes}
 
     def sample(self, grid: Grid, loop_round: int) -> list[int]:
         """This round's clients, drawn from the available nodes by (seed, round); the
@@ -226,6 +268,7 @@ class FedPafiStrategy(FedAvg):
         traffic = self.traffic.setdefault(server_round, RoundTraffic())
         replies = list(replies)
         traffic.bytes_up += [message_bytes(r) for r in replies if r.has_content()]  # errors: 0
+        self._note_views(traffic, replies, server_round)
         accepted = self.accept(traffic, replies, self._validated, traffic.sent_to)
         if not self.enough(accepted, server_round):
             return None, None
@@ -235,6 +278,15 @@ class FedPafiStrategy(FedAvg):
                     else aggregate(cfg, updates, weights))
         self.step(accepted, combined, server_round)
         return self.global_arrays(), MetricRecord({"train-loss": traffic.train_loss})
+
+    def _note_views(self, traffic: RoundTraffic, replies: list[Message],
+                    server_round: int) -> None:
+        """Coded download: which nodes now hold this round's view, by their own word (a
+        refused reply still says it; a crashed client says nothing, and gets it whole)."""
+        for reply in replies if self.download else ():
+            info = reply.content.get(p.REPLY_INFO) if reply.has_content() else None
+            if info is not None and info.get(p.VIEW_ROUND) == server_round:
+                self.holds[traffic.node_of(reply)] = server_round
 
     def private(self, accepted: list[ValidReply], server_round: int) -> State:
         """The DP mean of the valid updates (`common.privacy`), clipped here or, with

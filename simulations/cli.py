@@ -64,6 +64,8 @@ HELP = {
     "shira-r": "shira random mask: r x (in + out) entries per targeted layer",
     "codec": "fp32, fp16, bf16, int8, ternary (compare: a comma list)",
     "codec-density": "ternary: the share of each chunk of 4096 values it sends, in (0, 1]",
+    "download-codec": "fp32: the server sends the whole state; ternary: the change from the "
+                      "state the clients hold, coded as the upload (codec-density)",
     "token-merge": "training only: merge this many similar token pairs in each middle "
                    "encoder layer (ToMe matching, straight-through); 0: off",
     "mask-criterion": "smallest, largest or random entries (compare: a comma list)",
