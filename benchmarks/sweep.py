@@ -86,6 +86,12 @@ STAGES: dict[str, tuple[dict, list[dict]]] = {
     "settle": ({**FEDERATED, "rounds": 10}, [
         {"method": "pafi-hiwi", "lr_schedule": "cosine", "logit_adjust": adjust, "seed": seed}
         for seed in (3, 1) for adjust in (0.0, 1.0)]),
+    # the rest of the sparse-PEFT field (issue 13) in the federation of the results' first
+    # table (4 clients, alpha 0.5, 10 rounds of 20 steps, seeds 1-3, constant rates)
+    "peft-field": ({**FEDERATED, "rounds": 10}, [
+        {**variant, "seed": seed} for seed in (1, 2, 3)
+        for variant in ({"method": "shira"}, {"method": "lora-ts"},
+                        {"method": "pafi-hiwi", "token_merge": 8})]),
     # sparse-local at PaFi's rate stayed at the majority class: its salient entries are
     # not PaFi's small ones. Its rate, centrally (run when it trained at lr-pafi: the same).
     "sparse-local": ({**CENTRAL, "seed": 1}, [
