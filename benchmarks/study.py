@@ -51,7 +51,7 @@ STUDIES: dict[str, tuple[str, ...]] = {
                   "--codec", "int8"),
     # the study of the first table, with every local rate on a cosine over the 10 rounds
     # (`--lr-schedule cosine`): does a settling rate stop seed 3's swings, and close the gap?
-    "sst2-cosine": ("--task", "sst2", "--alpha", "0.5", "--methods", "pafi-hiwi,full,pafi",
+    "sst2-cosine": ("--task", "sst2", "--alpha", "0.5", "--methods", "pafi-hiwi,full",
                     "--lr-schedule", "cosine"),
     # issue 13: ComPEFT-style ternary updates (the default codec-density, error feedback)
     # against fp32; the target is at most 1 point of dev accuracy lost
