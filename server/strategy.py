@@ -135,8 +135,7 @@ class FedPafiStrategy(FedAvg):
         (for sparse-local its non-zero entries with their indices: the union of client
         masks)."""
         method = self.session.method
-        packed = pack_state(self.state, method.layout, method.sparse_wire)
-        return ArrayRecord({k: Array(v) for k, v in packed.items()})
+        return _array_record(pack_state(self.state, method.layout, method.sparse_wire))
 
     def evaluate(self) -> tuple[dict[str, float], float]:
         """Dev-set metrics and loss of the global model: pre-trained + the global state."""
@@ -188,12 +187,12 @@ class FedPafiStrategy(FedAvg):
             self.view = unpack_state(pack_state(self.state, method.layout), method.layout)
         else:
             arrays, self.view = coded_change(self.state, self.view, self.download, method.layout)
-            change = self._record(ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            change = self._record(_array_record(arrays),
                                   ConfigRecord({**config, p.VIEW_BASE: base}))
         self.view_round = server_round
         coded = {n for n in nodes if change is not None and self.holds.get(n) == base}
-        whole = None if coded == set(nodes) else self._record(ArrayRecord(
-            {k: Array(v) for k, v in pack_state(self.view, method.layout).items()}), config)
+        whole = None if coded == set(nodes) else self._record(
+            _array_record(pack_state(self.view, method.layout)), config)
         traffic.whole_downloads = len(nodes) - len(coded)
         return {n: change if n in coded else whole for n in nodes}
 
@@ -414,6 +413,11 @@ class ValidReply:
 
 class RejectedReply(FedPafiError):
     """A reply that must not reach the aggregate."""
+
+
+def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """Packed arrays as the record an instruction carries."""
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,  # what np.save writes
