@@ -36,6 +36,11 @@ PEFT = "bitfit,lora,pafi,hiwi,pafi-hiwi"
 BUDGET = ("--rounds", "10", "--local-steps", "20", "--max-seq-length", "64",
           "--eval-max-examples", "0", "--seeds", SEEDS)
 
+# the 10-client studies (issue 11) fit a 2-core CPU with 5 rounds of 5 local steps, a
+# settling rate and one Ray actor (whole dev set still after every round)
+TEN_CLIENTS = ("--rounds", "5", "--local-steps", "5", "--lr-schedule", "cosine",
+               "--client-cpus", "2")
+
 STUDIES: dict[str, tuple[str, ...]] = {
     "sst2-a0.5": ("--task", "sst2", "--alpha", "0.5", "--methods", ALL_METHODS),
     "mask-criterion": ("--task", "sst2", "--alpha", "0.5", "--methods", "pafi",
@@ -63,20 +68,21 @@ STUDIES: dict[str, tuple[str, ...]] = {
     # issue 11: 0, 1 or 2 of 10 clients send -10 x their update, under each aggregator
     "poisoning": ("--task", "sst2", "--alpha", "0.5", "--num-clients", "10", "--methods",
                   "pafi-hiwi", "--aggregator", "fedavg,median,trimmed-mean,krum",
-                  "--poison-fraction", "0,0.1,0.2", "--krum-malicious", "2"),
-    # issue 11: client-level DP, each update clipped to norm 1 (not yet calibrated to the
-    # methods' update norms), without noise and at z = 1 and 3 (epsilon about 19 and 5 at
-    # delta 1e-5 after 10 rounds of all 10 clients); epsilon in the CSV
+                  "--poison-fraction", "0,0.1,0.2", "--krum-malicious", "2", *TEN_CLIENTS),
+    # issue 11: client-level DP at equal epsilon for every method (same z, sampling and
+    # rounds), each update clipped to the same norm 1 (so the methods differ only in how
+    # many values the noise covers), without noise and at three noise multipliers
     "dp-epsilon": ("--task", "sst2", "--alpha", "0.5", "--num-clients", "10", "--methods",
                    "pafi-hiwi,lora,full", "--dp-clipping-norm", "1.0",
-                   "--dp-noise-multiplier", "0,1,3"),
+                   "--dp-noise-multiplier", "0,0.03,0.1,0.3", *TEN_CLIENTS),
 }
 KEPT = ("comparison.csv", "comparison.md", "*.png")
 KEPT_PER_RUN = ("config.json", "summary.json", "rounds.jsonl", "*.png")
 
 
 def command(study: str) -> list[str]:
-    return ["fedpafi", "compare", *STUDIES[study], *BUDGET, "--out", str(RUNS),
+    # a study's own settings come last, so they override the shared budget
+    return ["fedpafi", "compare", *BUDGET, *STUDIES[study], "--out", str(RUNS),
             "--run-name", study]
 
 
