@@ -79,7 +79,7 @@ class RunConfig:
     lr_full: float = 1e-4  # full fine-tuning, every weight
     lr_sparse: float = 1e-3  # sparse-local's own entries (salient, not small: not PaFi's rate)
     lr_shira: float = 1e-3  # shira's random entries (magnitude: PaFi's entries, lr-pafi)
-    lr_schedule: str = "constant"  # cosine: every part's rate decays over the rounds
+    lr_schedule: str = "cosine"  # every part's rate decays over the rounds; or constant
     sparsity: float = 0.005
     mask_k: int = 0  # > 0 replaces sparsity with an absolute number of entries
     mask_scope: str = "global"

@@ -44,8 +44,9 @@ HELP = {
     "lr-lora": "learning rate of the LoRA factors",
     "lr-shira": "learning rate of shira's random entries (magnitude: lr-pafi)",
     "lr-full": "learning rate of full fine-tuning",
-    "lr-schedule": "constant, or cosine: each round's local rates are the set ones times "
-                   "(1 + cos(pi (round - 1) / rounds)) / 2, so the last rounds settle",
+    "lr-schedule": "cosine (default): each round's local rates are the set ones times "
+                   "(1 + cos(pi (round - 1) / rounds)) / 2, so the last rounds settle; "
+                   "or constant",
     "untrained-pooler": "a pooler the checkpoint ships untrained: identity, train or keep",
     "sparsity": "PaFi mask size as a fraction of eligible weights (compare: a comma list)",
     "mask-k": "PaFi mask size as an absolute count (replaces sparsity)",

@@ -75,12 +75,13 @@ def variants(base: RunConfig, methods: list[str], lists: dict[str, list[str]],
     """
     axes = [(name, lists.get(name) or [str(getattr(base, name))]) for name in LIST_OPTIONS]
     named = ("codec", "server_opt", *[name for name in LIST_OPTIONS[2:] if name in lists])
+    # seed outermost: a comparison stopped part-way holds every cell at its first seeds
     grid = [
         Variant(method, tuple(zip([name for name, _ in axes], combo)), seed, named,
                 (lrs or {}).get(method, 0.0))
+        for seed in seeds
         for method in methods
         for combo in itertools.product(*[values for _, values in axes])
-        for seed in seeds
     ]
     for variant in grid:
         configure(base, variant, Path(".")).validate()

@@ -71,8 +71,9 @@ def test_seeds_repeat_every_cell_and_the_table_shows_mean_and_sample_std(tmp_pat
     grid = variants(base, ["full", "pafi"], {}, [1, 2])
     folder = run_comparison(base, grid, fake_simulate)
     rows = rows_of(folder)
+    # seed outermost: a comparison stopped part-way holds every cell at its first seeds
     assert [(r["method"], r["seed"]) for r in rows] == [
-        ("full", "1"), ("full", "2"), ("pafi", "1"), ("pafi", "2")]
+        ("full", "1"), ("pafi", "1"), ("full", "2"), ("pafi", "2")]
     table = (folder / "comparison.md").read_text()
     # pafi finals 0.82 and 0.80: mean 0.81, sample std sqrt(2 * 0.01^2 / 1) = 0.0141;
     # bests 0.82 and 0.83
@@ -124,7 +125,7 @@ def test_an_interrupted_comparison_resumes_where_it_stopped(tmp_path):
         run_comparison(base, grid, dies_at_the_third_run)
     assert len(rows_of(tmp_path / "cmp")) == 2  # what finished is in the table already
     run_comparison(base, grid, dies_at_the_third_run)
-    assert calls[3:] == [("pafi-fp32-fedavg-seed1", True), ("pafi-fp32-fedavg-seed2", False)]
+    assert calls[3:] == [("full-fp32-fedavg-seed2", True), ("pafi-fp32-fedavg-seed2", False)]
     assert len(rows_of(tmp_path / "cmp")) == 4
 
 

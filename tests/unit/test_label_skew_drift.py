@@ -77,11 +77,11 @@ def test_a_skewed_client_learns_its_prior_only_without_the_adjustment(tiny_model
 
 
 def test_cosine_schedule_starts_at_the_set_rate_and_settles_without_stopping():
-    cfg = RunConfig(rounds=10, lr_schedule="cosine")
+    cfg = RunConfig(rounds=10)  # the default
     factors = [round_lr_factor(cfg, r) for r in range(1, 11)]
     assert factors[0] == 1.0 and factors[5] == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
     assert all(a > b for a, b in zip(factors, factors[1:])) and 0 < factors[-1] < 0.03
-    assert round_lr_factor(RunConfig(rounds=10), 7) == 1.0
+    assert round_lr_factor(RunConfig(rounds=10, lr_schedule="constant"), 7) == 1.0
 
 
 def test_the_round_factor_scales_every_part_of_the_optimizer(tiny_model_dir):
