@@ -79,7 +79,7 @@ HELP = {
     "krum-malicious": "krum: clients assumed malicious (f); needs more than 2f + 2 per round",
     "krum-keep": "krum: updates kept (1: Krum; more: Multi-Krum, their mean by examples)",
     "dp-clipping-norm": "DP: clip each update to this L2 norm, mean without example weights "
-                        "(0: off)",
+                        "(0: off; compare: one norm, or METHOD=NORM for every method)",
     "dp-noise-multiplier": "DP: Gaussian noise of std this x dp-clipping-norm / clients per "
                            "round on the mean (compare: a comma list)",
     "dp-delta": "DP: the delta epsilon is reported at, below 1 / num-clients",
@@ -219,36 +219,62 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     lists = {name: split_list(getattr(args, name)) for name in LIST_OPTIONS
              if getattr(args, name) is not None}
-    rates = split_list(args.lr or "")  # METHOD=RATE items: per method, not for every run
-    for name in (*LIST_OPTIONS, "lr"):  # set per run by the grid, not in the base config
+    own = per_method_settings(args, split_list(args.methods))
+    for name in LIST_OPTIONS:  # set per run by the grid, not in the base config
         setattr(args, name, None)
     base = config_from_args(args)
     if args.central:
         base = central_reference(base)
     seeds = [_integer("--seeds", seed) for seed in split_list(args.seeds or str(base.seed))]
     methods = split_list(args.methods)
-    grid = variants(base, methods, lists, seeds, method_rates(rates, methods))
+    grid = variants(base, methods, lists, seeds, own)
     target = None if args.target is None else _number("--target", args.target)
     run_comparison(base, grid, simulate, _number("--target-fraction", args.target_fraction),
                    target)
 
 
-def method_rates(items: list[str], methods: list[str]) -> dict[str, float]:
-    """compare --lr: `METHOD=RATE` items, each giving one method's parts one rate. A bare
-    rate is refused: it would train every method at it, full fine-tuning too."""
-    rates = {}
+def per_method_settings(args: argparse.Namespace, methods: list[str]
+                        ) -> dict[str, dict[str, float]]:
+    """compare's METHOD=VALUE settings, method -> {field: value}, taken out of `args`:
+    `--lr` always (a bare rate would train full fine-tuning at a PEFT rate), and
+    `--dp-clipping-norm` when given as pairs (the update norms differ between methods by
+    their parts and rates; one bare norm still applies to every method)."""
+    from simulations.compare import split_list
+
+    own: dict[str, dict[str, float]] = {}
+    if args.lr:
+        for method, rate in method_pairs("--lr", split_list(args.lr), methods, (
+                "one rate for every method would train full fine-tuning at a PEFT rate. Each "
+                "part has its own rate already (--lr-pafi, --lr-full, ...).")).items():
+            own.setdefault(method, {})["lr"] = rate
+        args.lr = None
+    if args.dp_clipping_norm and "=" in args.dp_clipping_norm:
+        norms = method_pairs("--dp-clipping-norm", split_list(args.dp_clipping_norm), methods,
+                             "give one bare norm, or a norm for each method.")
+        missing = [m for m in methods if m not in norms]
+        if missing:
+            raise FedPafiError(f"compare --dp-clipping-norm gives no norm for {', '.join(missing)}"
+                               f": name every method in --methods, or give one bare norm.")
+        for method, norm in norms.items():
+            own.setdefault(method, {})["dp_clipping_norm"] = norm
+        args.dp_clipping_norm = None
+    return own
+
+
+def method_pairs(flag: str, items: list[str], methods: list[str], why: str
+                 ) -> dict[str, float]:
+    """`METHOD=VALUE` items of a compare option; each method among --methods."""
+    values = {}
     for item in items:
-        method, _, rate = item.partition("=")
-        if not rate:
-            raise FedPafiError(
-                f"compare --lr takes METHOD=RATE pairs (e.g. full=1e-4,pafi=1e-2), got "
-                f"{item!r}: one rate for every method would train full fine-tuning at a PEFT "
-                f"rate. Each part has its own rate already (--lr-pafi, --lr-full, ...).")
+        method, _, value = item.partition("=")
+        if not value:
+            raise FedPafiError(f"compare {flag} takes METHOD=VALUE pairs (e.g. "
+                               f"full=1e-4,pafi=1e-2), got {item!r}: {why}")
         if method.strip() not in methods:
-            raise FedPafiError(f"compare --lr names {method.strip()!r}, which is not among "
+            raise FedPafiError(f"compare {flag} names {method.strip()!r}, which is not among "
                                f"--methods ({', '.join(methods)}).")
-        rates[method.strip()] = _number("--lr", rate)
-    return rates
+        values[method.strip()] = _number(flag, value)
+    return values
 
 
 def central_reference(cfg: RunConfig) -> RunConfig:

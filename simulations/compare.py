@@ -53,7 +53,9 @@ class Variant:
     settings: tuple[tuple[str, str], ...]  # (RunConfig field, value) for each list option
     seed: int
     named: tuple[str, ...] = ("codec", "server_opt")  # the settings that name the folder
-    lr: float = 0.0  # > 0: every part of this method at this rate (compare --lr METHOD=RATE)
+    # this method's own settings (RunConfig field, value): compare --lr METHOD=RATE (every
+    # part at one rate), --dp-clipping-norm METHOD=NORM (each update norm near its own)
+    own: tuple[tuple[str, float], ...] = ()
 
     @property
     def slug(self) -> str:
@@ -66,19 +68,21 @@ def split_list(value: str) -> list[str]:
 
 
 def variants(base: RunConfig, methods: list[str], lists: dict[str, list[str]],
-             seeds: list[int], lrs: dict[str, float] | None = None) -> list[Variant]:
+             seeds: list[int], own: dict[str, dict[str, float]] | None = None
+             ) -> list[Variant]:
     """Every combination, each validated as a run setting before anything starts.
 
     `lists` maps list options to their values; options not in it keep the base value. The
     folder name carries the codec, the server optimizer and every other option given.
-    `lrs` gives the methods it names one rate for all their parts; the others keep theirs.
+    `own` gives the methods it names their own values of some settings (field -> value);
+    the others keep the base's.
     """
     axes = [(name, lists.get(name) or [str(getattr(base, name))]) for name in LIST_OPTIONS]
     named = ("codec", "server_opt", *[name for name in LIST_OPTIONS[2:] if name in lists])
     # seed outermost: a comparison stopped part-way holds every cell at its first seeds
     grid = [
         Variant(method, tuple(zip([name for name, _ in axes], combo)), seed, named,
-                (lrs or {}).get(method, 0.0))
+                tuple(sorted((own or {}).get(method, {}).items())))
         for seed in seeds
         for method in methods
         for combo in itertools.product(*[values for _, values in axes])
@@ -93,7 +97,7 @@ def configure(base: RunConfig, variant: Variant, folder: Path) -> RunConfig:
                                        "seed": variant.seed})
     return base.replace(**{name: getattr(settings, name)
                            for name in (*LIST_OPTIONS, "method", "seed")},
-                        lr=variant.lr or base.lr, out=str(folder), run_name=variant.slug)
+                        **dict(variant.own), out=str(folder), run_name=variant.slug)
 
 
 def comparison_folder(base: RunConfig) -> Path:

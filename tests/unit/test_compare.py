@@ -13,7 +13,7 @@ from common.comparison import mean_std, time_to_target
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.plots import COMPARISON_PLOTS
-from simulations.cli import central_reference, main, method_rates
+from simulations.cli import central_reference, main
 from simulations.compare import run_comparison, variants
 
 BYTES_UP = {"full": 9e7, "pafi": 2.5e5}
@@ -180,17 +180,36 @@ def test_a_bad_value_in_a_list_fails_before_any_run(tmp_path, capsys):
 
 def test_compare_lr_names_its_methods_and_a_bare_rate_is_refused(tmp_path, capsys):
     assert main(["compare", "--methods", "full,pafi", "--lr", "1e-2", "--out", str(tmp_path)]) == 2
-    assert "compare --lr takes METHOD=RATE pairs" in capsys.readouterr().err
+    assert "compare --lr takes METHOD=VALUE pairs" in capsys.readouterr().err
     assert main(["compare", "--methods", "full,pafi", "--lr", "bitfit=1e-3",
                  "--out", str(tmp_path)]) == 2
     assert "'bitfit', which is not among --methods" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
     base = RunConfig(out=str(tmp_path), run_name="cmp", seed=1)
-    grid = variants(base, ["full", "pafi"], {}, [1], method_rates(["pafi=0.02"], ["full", "pafi"]))
+    grid = variants(base, ["full", "pafi"], {}, [1], {"pafi": {"lr": 0.02}})
     folder = run_comparison(base, grid, fake_simulate)
     rates = {run: json.loads((folder / run / "config.json").read_text())["lr"]
              for run in ("full-fp32-fedavg-seed1", "pafi-fp32-fedavg-seed1")}
     assert rates == {"full-fp32-fedavg-seed1": 0.0, "pafi-fp32-fedavg-seed1": 0.02}
+
+
+def test_compare_clips_each_method_at_its_own_norm_and_names_every_method(tmp_path, capsys):
+    """Update norms differ by method (pafi-hiwi ~8.5, full ~1.4 after 10 steps): one norm
+    for all would clip one method's learning away, so compare takes one per method."""
+    common = ["compare", "--methods", "full,pafi", "--dp-noise-multiplier", "0.1",
+              "--out", str(tmp_path), "--run-name", "dp", "--rounds", "1"]
+    assert main([*common, "--dp-clipping-norm", "pafi=8"]) == 2
+    assert "gives no norm for full" in capsys.readouterr().err
+    assert main([*common, "--dp-clipping-norm", "pafi=8,lora=1"]) == 2
+    assert "'lora', which is not among --methods" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    base = RunConfig(out=str(tmp_path), run_name="dp", seed=1, dp_noise_multiplier=0.1)
+    own = {"full": {"dp_clipping_norm": 1.4}, "pafi": {"dp_clipping_norm": 8.0, "lr": 0.02}}
+    folder = run_comparison(base, variants(base, ["full", "pafi"], {}, [1], own), fake_simulate)
+    configs = {run: json.loads((folder / run / "config.json").read_text())
+               for run in ("full-fp32-fedavg-seed1", "pafi-fp32-fedavg-seed1")}
+    assert [(c["dp-clipping-norm"], c["lr"]) for c in configs.values()] == [(1.4, 0.0),
+                                                                           (8.0, 0.02)]
 
 
 def test_aggregator_and_poisoning_are_grid_axes_with_a_column_each(tmp_path):
