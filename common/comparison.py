@@ -13,6 +13,7 @@ same comparison unless an absolute one is given.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def summarize(group: list[dict]) -> dict:
     first = group[0]
     reached = [row for row in group if row["target_round"] is not None]
     out = {key: first[key] for key in (*GROUP_KEYS, "metric", "trainable_parameters",
-                                       "values_per_update", "target")}
+                                       "values_per_update", "target", "epsilon")}
     out["seeds"] = [row["seed"] for row in group]
     for key in ("initial", "final", "best", "upload_per_client_per_round",
                 "download_per_client_per_round", "total_mb", "wall_s"):
@@ -132,6 +133,23 @@ def summarize(group: list[dict]) -> dict:
     for key in ("target_round", "target_upload_per_client", "target_wall_s"):
         out[key] = statistics.fmean(row[key] for row in reached) if reached else None
     return out
+
+
+def privacy_points(rows: list[dict]) -> dict[str, list[tuple[float | None, float, float, float]]]:
+    """Per method, one point per noise level: (epsilon, mean final, lowest, highest final
+    over seeds), the no-noise run (epsilon None) first, then from the weakest guarantee
+    (largest epsilon) down. Runs at one noise level share their epsilon: it depends on the
+    noise multiplier, the sampling rate and the rounds only, not on the method."""
+    points: dict[str, list[tuple[float | None, float, float, float]]] = {}
+    for group in group_by_variant(rows):
+        finals = [float(row["final"]) for row in group]
+        epsilon = group[0]["epsilon"]
+        points.setdefault(group[0]["method"], []).append(
+            (None if epsilon in (None, "") else float(epsilon), statistics.fmean(finals),
+             min(finals), max(finals)))
+    for method_points in points.values():
+        method_points.sort(key=lambda p: -math.inf if p[0] is None else -p[0])
+    return points
 
 
 def _pm(mean: float, std: float, seeds: int) -> str:
@@ -148,7 +166,9 @@ def markdown_table(rows: list[dict], varied: tuple[str, ...] = (), target_note: 
         return "(no finished runs)"
     metric = rows[0]["metric"]
     extra = [key for key in VARIED_KEYS if key in varied]
-    header = (["method", "codec", "server", *[k.replace("_", " ") for k in extra], "seeds",
+    privacy = ["epsilon"] if "dp_noise_multiplier" in extra else []  # what the noise bought
+    header = (["method", "codec", "server", *[k.replace("_", " ") for k in extra], *privacy,
+               "seeds",
                "trainable params", "values sent", f"dev {metric} round 0", "final", "best",
                "upload / client / round", "download / client / round", "total MB",
                "round to target", "upload to target", "s to target", "wall s"])
@@ -161,7 +181,9 @@ def markdown_table(rows: list[dict], varied: tuple[str, ...] = (), target_note: 
         to_target = "–" if s["target_round"] is None else f"{s['target_round']:.1f}{reached}"
         upload = ("–" if s["target_upload_per_client"] is None
                   else human_bytes(s["target_upload_per_client"]))
-        cells = [s["method"], s["codec"], s["server_opt"], *[str(s[k]) for k in extra], str(n),
+        epsilon = [_or_dash(s["epsilon"] or None, ",.1f") for _ in privacy]
+        cells = [s["method"], s["codec"], s["server_opt"], *[str(s[k]) for k in extra], *epsilon,
+                 str(n),
                  f"{s['trainable_parameters']:,}", f"{s['values_per_update']:,}",
                  f"{s['initial']:.4f}", _pm(s["final"], s["final_std"], n),
                  _pm(s["best"], s["best_std"], n),

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common.comparison import group_by_variant  # noqa: E402
+from common.comparison import group_by_variant, privacy_points  # noqa: E402
 
 LISTED_CLIENTS = 40  # up to this many clients get a bar each, labelled
 
@@ -133,6 +133,29 @@ def comparison(rows: list[dict], histories: dict[str, list[dict]], folder: Path)
     ax.set(ylabel="KB per client per round (log)", title="communication per round")
     ax.legend(fontsize="small")
     _save(fig, folder / COMPARISON_PLOTS[2])
+    if any(row["epsilon"] is not None for row in rows):
+        metric_vs_epsilon(rows, folder / "metric_vs_epsilon.png")
+
+
+def metric_vs_epsilon(rows: list[dict], path: Path) -> None:
+    """Final dev metric against the epsilon spent, a line per method (mean, min-max bars
+    over seeds); each method's run without noise is a dashed line of its colour."""
+    metric = rows[0]["metric"]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for method, points in privacy_points(rows).items():
+        eps, mean, low, high = np.array([p for p in points if p[0] is not None],
+                                        dtype=float).reshape(-1, 4).T
+        line, = ax.plot(eps, mean, "o-", ms=4, label=method)
+        ax.errorbar(eps, mean, yerr=[mean - low, high - mean], fmt="none",
+                    color=line.get_color(), capsize=3)
+        for clean in (p for p in points if p[0] is None):
+            ax.axhline(clean[1], ls="--", lw=1, color=line.get_color())
+    ax.set_xscale("log")
+    ax.set(xlabel="epsilon after the last round (log; smaller is more private)",
+           ylabel=f"final dev {metric}",
+           title=f"dev {metric} against epsilon (dashed: no noise; bars: min-max)")
+    ax.legend(fontsize="x-small")
+    _save(fig, path)
 
 
 def _save(fig, path: Path) -> None:

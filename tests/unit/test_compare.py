@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from common.comparison import mean_std, time_to_target
+from common.comparison import mean_std, privacy_points, time_to_target
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.plots import COMPARISON_PLOTS
@@ -237,10 +237,28 @@ def test_dp_noise_is_a_grid_axis_with_a_column_and_the_epsilon_spent(tmp_path):
     folder = run_comparison(base, grid, fake_simulate)
     assert [(r["dp_noise_multiplier"], r["epsilon"]) for r in rows_of(folder)] == [
         ("0.0", ""), ("0.5", "20.0"), ("1.0", "10.0")]
-    header = (folder / "comparison.md").read_text().splitlines()[0]
-    assert "| dp noise multiplier |" in header
+    table = (folder / "comparison.md").read_text().splitlines()
+    assert "| dp noise multiplier | epsilon |" in table[0]
+    assert "| 0.5 | 20.0 | 1 |" in table[3] and "| 0.0 | – | 1 |" in table[2]
     with pytest.raises(ConfigError, match="but dp-clipping-norm is 0"):
         variants(RunConfig(), ["pafi"], {"dp_noise_multiplier": ["0", "1"]}, [1])
+
+
+def test_accuracy_against_epsilon_has_a_point_per_noise_level_and_method(tmp_path):
+    base = RunConfig(out=str(tmp_path), run_name="dp", dp_clipping_norm=1.0)
+    grid = variants(base, ["full", "pafi"], {"dp_noise_multiplier": ["0", "0.5", "1"]}, [1, 2])
+    folder = run_comparison(base, grid, fake_simulate)
+    # finals: full 0.82 (seed 1) and 0.86 (seed 2), pafi 0.82 and 0.80, at every level
+    full, pafi = (0.84, 0.82, 0.86), (0.81, 0.80, 0.82)
+    points = {method: [tuple(v if v is None else round(v, 6) for v in p) for p in ps]
+              for method, ps in privacy_points(rows_of(folder)).items()}
+    assert points == {
+        "full": [(None, *full), (20.0, *full), (10.0, *full)],
+        "pafi": [(None, *pafi), (20.0, *pafi), (10.0, *pafi)]}
+    assert (folder / "metric_vs_epsilon.png").stat().st_size > 10_000
+    plain = run_comparison(base.replace(run_name="plain"), variants(base, ["pafi"], {}, [1]),
+                           fake_simulate)
+    assert not (plain / "metric_vs_epsilon.png").exists()  # no noise, no privacy plot
 
 
 def test_a_run_older_than_the_aggregator_setting_counts_as_fedavg(tmp_path):
