@@ -144,6 +144,9 @@ def report(study: str) -> str:
             up = statistics.fmean(float(r["upload_per_client_per_round"]) for r in group)
             lines.append(f"| {method} | {_pm(gaps, 100)} | {full_up / up:,.0f}x fewer |")
         lines.append("")
+    for across, down in (("poison_fraction", "aggregator"), ("dp_noise_multiplier", "method")):
+        if len(_by(rows, across)) > 1:
+            lines += _matrix(rows, down, across)
     for name in VARIED_KEYS:
         values = _by(rows, name)
         if len(values) > 1:
@@ -161,6 +164,22 @@ def report(study: str) -> str:
             lines += _below_central(methods, _by(_rows(central), "method"))
             break
     return "\n".join(lines)
+
+
+def _matrix(rows: list[dict], down: str, across: str) -> list[str]:
+    """Final metric, mean ± std over seeds (and how many), one row per value of `down`
+    and a column per value of `across`; with DP noise, the epsilon spent heads each column."""
+    columns = list(_by(rows, across))
+    eps = {c: _by(rows, across)[c][0].get("epsilon") or "" for c in columns}
+    heads = [f"{across.replace('_', ' ')} {c}" + (f" (ε {float(eps[c]):,.0f})" if eps[c] else "")
+             for c in columns]
+    lines = [f"| {down} | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(columns)]
+    for value, group in _by(rows, down).items():
+        cells = _by(group, across)
+        lines.append(f"| {value} | " + " | ".join(
+            f"{_pm(_finals(cells[c]))} ({len(cells[c])})" if c in cells else "–"
+            for c in columns) + " |")
+    return lines + [""]
 
 
 def _union_growth(study: str, runs: list[dict]) -> list[str]:
