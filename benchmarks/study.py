@@ -174,8 +174,9 @@ def report(study: str) -> str:
 def _matrix(rows: list[dict], down: str, across: str) -> list[str]:
     """Final metric, mean ± std over seeds (and how many), one row per value of `down`
     and a column per value of `across`; with DP noise, the epsilon spent heads each column."""
-    columns = list(_by(rows, across))
-    eps = {c: _by(rows, across)[c][0].get("epsilon") or "" for c in columns}
+    by_column = _by(rows, across)
+    columns = list(by_column)
+    eps = {c: by_column[c][0].get("epsilon") or "" for c in columns}
     heads = [f"{across.replace('_', ' ')} {c}" + (f" (ε {float(eps[c]):,.0f})" if eps[c] else "")
              for c in columns]
     lines = [f"| {down} | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(columns)]

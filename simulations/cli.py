@@ -219,14 +219,14 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     lists = {name: split_list(getattr(args, name)) for name in LIST_OPTIONS
              if getattr(args, name) is not None}
-    own = per_method_settings(args, split_list(args.methods))
+    methods = split_list(args.methods)
+    own = per_method_settings(args, methods)
     for name in LIST_OPTIONS:  # set per run by the grid, not in the base config
         setattr(args, name, None)
     base = config_from_args(args)
     if args.central:
         base = central_reference(base)
     seeds = [_integer("--seeds", seed) for seed in split_list(args.seeds or str(base.seed))]
-    methods = split_list(args.methods)
     grid = variants(base, methods, lists, seeds, own)
     target = None if args.target is None else _number("--target", args.target)
     run_comparison(base, grid, simulate, _number("--target-fraction", args.target_fraction),
