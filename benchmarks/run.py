@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.app import reply_record
+from client.train_round import reply_record
 from common.config import RunConfig
 from common.glue import load_split
 from common.methods import METHODS as REGISTRY

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from client.app import reply_record
+from client.train_round import reply_record
 from common.codecs import run_codec
 from common.config import RunConfig
 from common.glue import load_split

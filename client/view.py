@@ -17,14 +17,18 @@ bit-identical; only that round's download bytes are higher.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from common import protocol as p
 from common.codecs import download_codec
 from common.download import advance
 from common.errors import UpdateError
-from common.session import Session
 from common.updates import State, unpack_state
+
+if TYPE_CHECKING:  # the model libraries load with the round, not with the app
+    from common.session import Session
 
 VIEW = "fedpafi.view"
 VIEW_AT = "fedpafi.view-round"  # ConfigRecord {ROUND: the round the view was received}

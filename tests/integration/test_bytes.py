@@ -18,7 +18,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from client.app import reply_record
+from client.train_round import reply_record
 from common import protocol as p
 from common.codecs import CODECS, FixedCodec
 from common.config import RunConfig

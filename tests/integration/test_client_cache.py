@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import client.app
+import client.train_round
 import common.session
 from common import protocol as p
 from common.config import RunConfig
@@ -37,8 +37,8 @@ def test_warm_round_rebuilds_nothing_and_equals_a_cold_start(tiny_model_dir, glu
         return grid.send_and_receive(sent, timeout=60)
 
     def cold_start() -> None:
-        client.app._session.cache_clear()
-        client.app._shards.cache_clear()
+        client.train_round._session.cache_clear()
+        client.train_round._shards.cache_clear()
 
     cold_start()
     strategy.aggregate_train(1, play(1))

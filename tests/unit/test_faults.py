@@ -11,8 +11,8 @@ from flwr.app import ConfigRecord, Context, Error, Message, Metadata, RecordDict
 
 from client import faults
 from client.app import app as client_app
-from client.app import reply_record
 from client.faults import InjectedCrash, corrupt, pick_fault
+from client.train_round import reply_record
 from common import protocol as p
 from common.config import FAILURE_KINDS, FAULT_KINDS, POISON_SCALE, RunConfig
 from common.errors import FedPafiError

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # what the server's validation path and anything that only handles settings or states needs
 LEAVES = ("common.errors", "common.protocol", "common.config", "common.codecs",
           "common.updates", "common.server_opt", "common.aggregators")
-HEAVY = ("peft", "transformers", "flwr", "datasets")
+MODEL_LIBRARIES = ("peft", "transformers", "datasets", "flwr_datasets")
+HEAVY = (*MODEL_LIBRARIES, "flwr")
 
 
 def _loaded_after(imports: str, names: tuple[str, ...]) -> list[str]:
@@ -36,4 +37,10 @@ def test_the_methods_do_not_import_the_settings():
 
 def test_peft_is_imported_only_by_a_method_that_uses_it():
     """Every Ray worker imports the ClientApp; peft costs ~2 s there for pafi-hiwi."""
-    assert _loaded_after("import client.app\nimport server.app", ("peft",)) == []
+    assert _loaded_after("import client.train_round\nimport server.app", ("peft",)) == []
+
+
+def test_the_client_app_loads_no_model_library_until_a_round_trains():
+    """Under a SuperNode every message starts a ClientApp process: SecAgg+'s key stages
+    (three of its four) never train, and transformers and datasets take seconds to load."""
+    assert _loaded_after("import client.app", MODEL_LIBRARIES) == []

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from client.app import reply_record
+from client.train_round import reply_record
 from common.config import RunConfig
 from common.errors import MergeError
 from common.export import save_checkpoint, save_update, session_for_update

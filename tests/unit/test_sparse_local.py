@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from client.app import reply_record
+from client.train_round import reply_record
 from common import protocol as p
 from common.config import RunConfig
 from common.glue import get_task

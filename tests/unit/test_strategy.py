@@ -10,7 +10,7 @@ import pytest
 import torch
 from flwr.app import Array, Error, Message, Metadata
 
-from client.app import reply_record
+from client.train_round import reply_record
 from common.config import RunConfig
 from common.session import Session
 from common.train import TrainResult

@@ -10,7 +10,7 @@ from datasets import Dataset
 from flwr.app import Message
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import reply_record
+from client.train_round import reply_record
 from common.config import RunConfig
 from common.run_folder import RunFolder
 from common.session import Session

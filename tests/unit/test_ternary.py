@@ -11,9 +11,9 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from client.app import _reply, reply_record
 from client.faults import corrupt
 from client.residue import RESIDUE, carried, keep
+from client.train_round import _reply, reply_record
 from common import protocol as p
 from common.codecs import CHUNK, CODECS, DEFAULT_DENSITY, TernaryCodec
 from common.config import POISON_SCALE, RunConfig

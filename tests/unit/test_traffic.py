@@ -12,7 +12,7 @@ from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
-from client.app import reply_record
+from client.train_round import reply_record
 from common.config import RunConfig
 from common.session import Session
 from common.train import TrainResult
