@@ -67,6 +67,8 @@ STUDIES: dict[str, tuple[str, ...]] = {
     # at 96 tokens: 20% of the training pairs are longer than 64 (median 53, none over 128)
     "mrpc-a0.5": ("--task", "mrpc", "--alpha", "0.5", "--methods", "pafi-hiwi,full",
                   "--max-seq-length", "96"),
+    "mrpc-a0.5-central": ("--task", "mrpc", "--central", "--methods", "pafi-hiwi,full",
+                          "--max-seq-length", "96"),
     # issue 13: ComPEFT-style ternary updates (the default codec-density, error feedback)
     # against fp32; the target is at most 1 point of dev accuracy lost
     "sst2-ternary": ("--task", "sst2", "--alpha", "0.5", "--methods", "pafi-hiwi",
