@@ -26,7 +26,8 @@ VARIED_KEYS = ("mask_criterion", "sparsity", "aggregator", "poison_fraction",
 # what identifies a run apart from its seed: runs equal on these are averaged over seeds
 GROUP_KEYS = ("method", "codec", "server_opt", *VARIED_KEYS)
 COLUMNS = (*GROUP_KEYS, "seed", "trainable_parameters", "values_per_update", "metric",
-           "initial", "final", "best", "best_round", "upload_per_client_per_round",
+           "initial", "final", "final_others", "best", "best_round",
+           "upload_per_client_per_round",
            "download_per_client_per_round", "total_mb", "wall_s", "target", "target_round",
            "target_upload_per_client", "target_wall_s", "epsilon", "run")
 TARGET_FRACTION = 0.95
@@ -60,6 +61,9 @@ def row_from_run(run: Path) -> dict:
         "metric": metric,
         "initial": summary["initial_metrics"][metric],
         "final": summary["final_metrics"][metric],
+        # a task's other dev metrics (MRPC: accuracy beside F1), "name=value;..."
+        "final_others": ";".join(f"{name}={value!r}" for name, value
+                                 in sorted(summary["final_metrics"].items()) if name != metric),
         "best": best["metrics"][metric],
         "best_round": best["round"],
         "upload_per_client_per_round": summary["upload_per_client_per_round"],
@@ -111,6 +115,12 @@ def group_by_variant(rows: list[dict]) -> list[list[dict]]:
     for row in rows:
         groups.setdefault(tuple(row[key] for key in GROUP_KEYS), []).append(row)
     return list(groups.values())
+
+
+def other_finals(row: dict) -> dict[str, float]:
+    """A row's `final_others` as {metric: value}."""
+    pairs = (part.split("=") for part in row.get("final_others", "").split(";") if part)
+    return {name: float(value) for name, value in pairs}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -167,9 +177,11 @@ def markdown_table(rows: list[dict], varied: tuple[str, ...] = (), target_note: 
     metric = rows[0]["metric"]
     extra = [key for key in VARIED_KEYS if key in varied]
     privacy = ["epsilon"] if "dp_noise_multiplier" in extra else []  # what the noise bought
+    others = sorted({name for row in rows for name in other_finals(row)})
     header = (["method", "codec", "server", *[k.replace("_", " ") for k in extra], *privacy,
                "seeds",
-               "trainable params", "values sent", f"dev {metric} round 0", "final", "best",
+               "trainable params", "values sent", f"dev {metric} round 0", "final",
+               *[f"final {name}" for name in others], "best",
                "upload / client / round", "download / client / round", "total MB",
                "round to target", "upload to target", "s to target", "wall s"])
     align = ["---"] * (3 + len(extra)) + ["---:"] * (len(header) - 3 - len(extra))
@@ -186,6 +198,8 @@ def markdown_table(rows: list[dict], varied: tuple[str, ...] = (), target_note: 
                  str(n),
                  f"{s['trainable_parameters']:,}", f"{s['values_per_update']:,}",
                  f"{s['initial']:.4f}", _pm(s["final"], s["final_std"], n),
+                 *[_pm(*mean_std([other_finals(row)[name] for row in group]), n)
+                   for name in others],
                  _pm(s["best"], s["best_std"], n),
                  human_bytes(s["upload_per_client_per_round"]),
                  human_bytes(s["download_per_client_per_round"]), f"{s['total_mb']:.2f}",

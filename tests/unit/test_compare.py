@@ -82,6 +82,29 @@ def test_seeds_repeat_every_cell_and_the_table_shows_mean_and_sample_std(tmp_pat
     assert "| full | fp32 | fedavg | 2 |" in table and table.count("| pafi |") == 1
 
 
+def test_a_task_with_two_metrics_shows_the_other_one_beside_the_main_one(tmp_path):
+    """MRPC is scored by F1 and accuracy: the table averages both over seeds."""
+    def two_metrics(cfg: RunConfig, resume=None) -> Path:
+        run = fake_simulate(cfg)
+        summary = json.loads((run / "summary.json").read_text())
+        summary.update(main_metric="f1", initial_metrics={"f1": 0.5, "accuracy": 0.5},
+                       final_metrics={"f1": summary["final_metrics"]["accuracy"],
+                                      "accuracy": {1: 0.72, 2: 0.60}[cfg.seed]})
+        (run / "summary.json").write_text(json.dumps(summary))
+        history = [{**r, "metrics": {"f1": r["metrics"]["accuracy"]}} for r in
+                   map(json.loads, (run / "rounds.jsonl").read_text().splitlines())]
+        (run / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        return run
+
+    base = RunConfig(out=str(tmp_path), run_name="cmp")
+    folder = run_comparison(base, variants(base, ["pafi"], {}, [1, 2]), two_metrics)
+    assert [r["final_others"] for r in rows_of(folder)] == ["accuracy=0.72", "accuracy=0.6"]
+    table = (folder / "comparison.md").read_text().splitlines()
+    assert "| final | final accuracy | best |" in table[0]
+    # f1 finals 0.82 and 0.80; accuracy 0.72 and 0.60: mean 0.66, std sqrt(2 * 0.06^2) 0.0849
+    assert "| 0.8100 ± 0.0141 | 0.6600 ± 0.0849 |" in table[2]
+
+
 def test_time_to_target_is_the_first_round_at_or_above_the_target():
     history = [{"round": r, "metrics": {"accuracy": a}, "bytes_up_per_client": 100.0,
                 "wall_s": 5.0} for r, a in ((1, 0.6), (2, 0.81), (3, 0.79), (4, 0.9))]
