@@ -70,6 +70,12 @@ STUDIES: dict[str, tuple[str, ...]] = {
                   "--max-seq-length", "96"),
     "mrpc-a0.5-central": ("--task", "mrpc", "--central", "--methods", "pafi-hiwi,full",
                           "--max-seq-length", "96"),
+    # a budget twice as long (the cosine spans all 20 rounds): does federated full
+    # fine-tuning plateau, as it does centrally by rounds 6-8, and where does pafi-hiwi end?
+    "sst2-cosine-20": ("--task", "sst2", "--alpha", "0.5", "--methods", "pafi-hiwi,full",
+                       "--rounds", "20"),
+    "mrpc-a0.5-20": ("--task", "mrpc", "--alpha", "0.5", "--methods", "pafi-hiwi,full",
+                     "--max-seq-length", "96", "--rounds", "20"),
     # issue 13: ComPEFT-style ternary updates (the default codec-density, error feedback)
     # against fp32; the target is at most 1 point of dev accuracy lost
     "sst2-ternary": ("--task", "sst2", "--alpha", "0.5", "--methods", "pafi-hiwi",
