@@ -179,7 +179,7 @@ def report(study: str) -> str:
     # its own reference (sst2-cosine -> sst2-cosine-central), else the task's (sst2-central)
     for central in (f"{study}-central", study.split("-")[0] + "-central"):
         if central != study and (DOCS / central / "comparison.csv").is_file():
-            lines += _below_central(methods, _by(_rows(central), "method"))
+            lines += _below_central(methods, _by(_rows(central), "method"), central)
             break
     return "\n".join(lines)
 
@@ -214,16 +214,32 @@ def _union_growth(study: str, runs: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def _below_central(federated: dict[str, list[dict]], central: dict[str, list[dict]]
-                   ) -> list[str]:
-    lines = ["| method | central final | federated final | points below central |",
-             "|---|---:|---:|---:|"]
+def _below_central(federated: dict[str, list[dict]], central: dict[str, list[dict]],
+                   central_study: str) -> list[str]:
+    """Federated finals against central ones, and the central round that first reached the
+    federated final: how many rounds of central training the federation's budget is worth."""
+    lines = ["| method | central final | federated final | points below central | "
+             "central reached it by round |", "|---|---:|---:|---:|---:|"]
     for method, group in federated.items():
         if method in central:
             c, f = _finals(central[method]), _finals(group)
+            curve = mean_curve([read_history(DOCS / central_study / r["run"])
+                                for r in central[method]], group[0]["metric"])
             lines.append(f"| {method} | {_pm(c)} | {_pm(f)} | "
-                         f"{100 * (statistics.fmean(c) - statistics.fmean(f)):.1f} |")
+                         f"{100 * (statistics.fmean(c) - statistics.fmean(f)):.1f} | "
+                         f"{first_round_reaching(curve, statistics.fmean(f)) or '–'} |")
     return lines + [""]
+
+
+def mean_curve(histories: list[list[dict]], metric: str) -> list[float]:
+    """The dev metric per round, averaged over runs (seeds), as long as the shortest run."""
+    return [statistics.fmean(r["metrics"][metric] for r in records)
+            for records in zip(*histories)]
+
+
+def first_round_reaching(curve: list[float], value: float) -> int | None:
+    """The first round (from 1) whose value is at least `value`; None if none is."""
+    return next((n for n, v in enumerate(curve, start=1) if v >= value), None)
 
 
 def main(argv: list[str] | None = None) -> int:
