@@ -223,11 +223,12 @@ def _below_central(federated: dict[str, list[dict]], central: dict[str, list[dic
     for method, group in federated.items():
         if method in central:
             c, f = _finals(central[method]), _finals(group)
+            federated_mean = statistics.fmean(f)
             curve = mean_curve([read_history(DOCS / central_study / r["run"])
                                 for r in central[method]], group[0]["metric"])
             lines.append(f"| {method} | {_pm(c)} | {_pm(f)} | "
-                         f"{100 * (statistics.fmean(c) - statistics.fmean(f)):.1f} | "
-                         f"{first_round_reaching(curve, statistics.fmean(f)) or '–'} |")
+                         f"{100 * (statistics.fmean(c) - federated_mean):.1f} | "
+                         f"{first_round_reaching(curve, federated_mean) or '–'} |")
     return lines + [""]
 
 
