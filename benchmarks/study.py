@@ -55,6 +55,10 @@ STUDIES: dict[str, tuple[str, ...]] = {
     "sst2-iid": ("--task", "sst2", "--iid", "--methods", "pafi-hiwi,full"),
     "sst2-fedadam": ("--task", "sst2", "--alpha", "0.5", "--methods", PEFT,
                      "--server-opt", "fedadam"),
+    # FedAdam's server step, each part's local rate times a scale: at scale 1 (sst2-fedadam)
+    # one normalised step a round moves far less than twenty local steps do
+    "sst2-fedadam-scale": ("--task", "sst2", "--alpha", "0.5", "--methods", "pafi-hiwi",
+                           "--server-opt", "fedadam", "--server-lr-scale", "3,10,30"),
     "sst2-int8": ("--task", "sst2", "--alpha", "0.5", "--methods", "pafi-hiwi",
                   "--codec", "int8"),
     # the study of the first table, with every local rate on a cosine over the 10 rounds

@@ -22,7 +22,7 @@ from common.report import human_bytes
 # settings a comparison may vary beside method, codec and server optimizer: a column each
 # when they do
 VARIED_KEYS = ("mask_criterion", "sparsity", "aggregator", "poison_fraction",
-               "dp_noise_multiplier")
+               "dp_noise_multiplier", "server_lr_scale")
 # what identifies a run apart from its seed: runs equal on these are averaged over seeds
 GROUP_KEYS = ("method", "codec", "server_opt", *VARIED_KEYS)
 COLUMNS = (*GROUP_KEYS, "seed", "trainable_parameters", "values_per_update", "metric",
@@ -55,6 +55,7 @@ def row_from_run(run: Path) -> dict:
         "aggregator": config.get("aggregator", "fedavg"),
         "poison_fraction": config.get("poison-fraction", 0.0),
         "dp_noise_multiplier": config.get("dp-noise-multiplier", 0.0),
+        "server_lr_scale": config.get("server-lr-scale", 1.0),
         "seed": config["seed"],
         "trainable_parameters": summary["trainable_parameters"],
         "values_per_update": summary["values_per_update"],

@@ -102,10 +102,11 @@ class RunConfig:
     download_codec: str = "fp32"  # ternary: send the change from the clients' view, coded
     token_merge: int = 0  # > 0: merge this many token pairs per middle layer in training
     server_opt: str = "fedavg"
-    server_lr: float = 0.0  # fedadam/fedyogi step; 0: each part's own learning rate
+    server_lr: float = 0.0  # fedadam/fedyogi step; 0: each part's own learning rate x scale
+    server_lr_scale: float = 1.0  # server-lr 0: the server step is this x each part's lr
     server_beta1: float = 0.9
     server_beta2: float = 0.99
-    server_tau: float = 0.0  # adaptivity floor; 0: a tenth of the server step
+    server_tau: float = 0.0  # adaptivity floor; 0: a tenth of server-lr or of each part's lr
     aggregator: str = "fedavg"  # how the updates combine (common.aggregators)
     trimmed_fraction: float = 0.2  # trimmed-mean: share cut from each end, Flower's beta
     krum_malicious: int = 0  # krum: clients assumed malicious (f), Flower's default
@@ -254,6 +255,7 @@ class RunConfig:
         _positive("rounds", self.rounds)
         _positive("batch-size", self.batch_size)
         _positive("salience-batches", self.salience_batches)
+        _positive("server-lr-scale", self.server_lr_scale)
         if self.logit_adjust < 0:
             raise ConfigError(f"logit-adjust scales the shard's log label prior added to the "
                               f"training logits (0: off, 1: the usual), got {self.logit_adjust}.")

@@ -110,7 +110,11 @@ def build_server_optimizer(name: str, lr: PerKey, beta1: float, beta2: float,
 
 
 def server_optimizer_for(cfg: RunConfig, lr_by_key: Mapping[str, float]) -> ServerOptimizer:
-    """The run's server optimizer; `server-lr` 0 steps each entry at its part's local lr."""
-    lrs = {k: cfg.server_lr or lr for k, lr in lr_by_key.items()}
-    taus = {k: cfg.server_tau or lr / 10 for k, lr in lrs.items()}
+    """The run's server optimizer; `server-lr` 0 steps each entry at its part's local lr
+    times `server-lr-scale`, so that the parts keep their ratios at any scale. The floor
+    tau is a tenth of the unscaled rate: it is measured against the update's size, which
+    follows the local rate, not the server step."""
+    rates = {k: cfg.server_lr or lr for k, lr in lr_by_key.items()}
+    lrs = {k: rate if cfg.server_lr else cfg.server_lr_scale * rate for k, rate in rates.items()}
+    taus = {k: cfg.server_tau or rate / 10 for k, rate in rates.items()}
     return build_server_optimizer(cfg.server_opt, lrs, cfg.server_beta1, cfg.server_beta2, taus)

@@ -71,8 +71,12 @@ HELP = {
                    "encoder layer (ToMe matching, straight-through); 0: off",
     "mask-criterion": "smallest, largest or random entries (compare: a comma list)",
     "server-opt": "fedavg, fedadam, fedyogi (compare: a comma list)",
-    "server-lr": "fedadam/fedyogi step size (0: each part's own learning rate)",
-    "server-tau": "fedadam/fedyogi adaptivity floor (0: server-lr / 10)",
+    "server-lr": "fedadam/fedyogi step size (0: each part's own learning rate x "
+                 "server-lr-scale)",
+    "server-lr-scale": "fedadam/fedyogi with server-lr 0: the step is this x each part's "
+                       "local learning rate (compare: a comma list)",
+    "server-tau": "fedadam/fedyogi adaptivity floor (0: server-lr / 10, or each part's "
+                  "learning rate / 10)",
     "aggregator": "how updates combine: fedavg, median, trimmed-mean, krum (compare: a comma "
                   "list)",
     "trimmed-fraction": "trimmed-mean: share of clients cut from each end, in [0, 0.5)",

@@ -2,7 +2,7 @@
 
 Every run shares one RunConfig (partitions, budget); only the method, the listed settings
 (codec, server optimizer, mask criterion, sparsity, aggregator, poison fraction, DP noise
-multiplier) and the seed vary, so the differences are theirs. A seed changes the
+multiplier, server step scale) and the seed vary, so the differences are theirs. A seed changes the
 partitions, the head's initialisation and the data order, as it does for a single run.
 Each run is an ordinary run folder inside the comparison folder; the CSV, table and plots
 are rebuilt from those folders after every run.
@@ -37,7 +37,7 @@ from common.run_folder import CHECKPOINT, RunFolder
 
 # compare options that take a comma list; each value is one axis of the grid
 LIST_OPTIONS = ("codec", "server_opt", "mask_criterion", "sparsity", "aggregator",
-                "poison_fraction", "dp_noise_multiplier")
+                "poison_fraction", "dp_noise_multiplier", "server_lr_scale")
 # settings a resumed comparison may change without changing what a run computes
 FREE_SETTINGS = ("out", "run-name", "data-dir", "verbose", "device", "client-cpus", "client-gpus",
                  "round-timeout")

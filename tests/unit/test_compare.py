@@ -267,6 +267,15 @@ def test_dp_noise_is_a_grid_axis_with_a_column_and_the_epsilon_spent(tmp_path):
         variants(RunConfig(), ["pafi"], {"dp_noise_multiplier": ["0", "1"]}, [1])
 
 
+def test_the_server_step_scale_is_a_grid_axis_with_a_column(tmp_path):
+    base = RunConfig(out=str(tmp_path), run_name="adam", server_opt="fedadam")
+    grid = variants(base, ["pafi"], {"server_lr_scale": ["1", "10"]}, [1])
+    assert [v.slug for v in grid] == ["pafi-fp32-fedadam-1-seed1", "pafi-fp32-fedadam-10-seed1"]
+    folder = run_comparison(base, grid, fake_simulate)
+    assert [r["server_lr_scale"] for r in rows_of(folder)] == ["1.0", "10.0"]
+    assert "| server lr scale |" in (folder / "comparison.md").read_text().splitlines()[0]
+
+
 def test_accuracy_against_epsilon_has_a_point_per_noise_level_and_method(tmp_path):
     base = RunConfig(out=str(tmp_path), run_name="dp", dp_clipping_norm=1.0)
     grid = variants(base, ["full", "pafi"], {"dp_noise_multiplier": ["0", "0.5", "1"]}, [1, 2])

@@ -10,7 +10,9 @@ import torch
 from flwr.app import Array, ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedYogi
 
-from common.server_opt import PREFIX, build_server_optimizer
+from common.config import RunConfig
+from common.errors import ConfigError
+from common.server_opt import PREFIX, build_server_optimizer, server_optimizer_for
 
 
 def _rounds(seed=0, rounds=4):
@@ -79,3 +81,23 @@ def test_moments_survive_a_checkpoint(name):
         state_a = straight.step(state_a, mean, server_round)
         state_b = resumed.step(state_b, mean, server_round)
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_server_lr_scale_multiplies_each_parts_rate_and_server_lr_overrides_it():
+    state, means = _rounds()
+    rates = {"head.w": 1e-2, "pafi.delta": 3e-3}
+    rates.update({key: 1e-3 for key in state if key not in rates})
+
+    def moved(**settings: float) -> dict[str, float]:
+        cfg = RunConfig(server_opt="fedadam", **settings)
+        stepped = server_optimizer_for(cfg, rates).step(state, means[0], 1)
+        return {k: (stepped[k] - state[k]).abs().max().item() for k in ("head.w", "pafi.delta")}
+
+    base, scaled = moved(), moved(server_lr_scale=10.0)
+    for key in base:  # the same normalised step, ten times longer, the parts' ratio kept
+        assert scaled[key] == pytest.approx(10 * base[key], rel=1e-4)
+    assert base["head.w"] > 2 * base["pafi.delta"]
+    # one rate for every part: the scale is unused
+    assert moved(server_lr=0.05, server_lr_scale=10.0) == moved(server_lr=0.05) != base
+    with pytest.raises(ConfigError, match="server-lr-scale must be > 0"):
+        RunConfig(server_lr_scale=0).validate()
