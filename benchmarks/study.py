@@ -109,6 +109,10 @@ STUDIES: dict[str, tuple[str, ...]] = {
                    "pafi-hiwi,lora,full", "--dp-clipping-norm", "pafi-hiwi=8,lora=1.5,full=1.4",
                    "--dp-noise-multiplier", "0,0.03,0.1", *TEN_CLIENTS),
 }
+# each study's central reference: 1 client, IID, the same steps a round and schedule
+CENTRAL = {**{study: "sst2-central" for study in ("sst2-cosine", "sst2-a0.1", "sst2-iid",
+                                                  "sst2-fedadam", "sst2-fedadam-x3")},
+           **{study: "mrpc-a0.5-central" for study in ("mrpc-a0.5", "mrpc-iid")}}
 KEPT = ("comparison.csv", "comparison.md", "*.png")
 KEPT_PER_RUN = ("config.json", "summary.json", "rounds.jsonl", "*.png")
 
@@ -163,7 +167,6 @@ def report(study: str) -> str:
     lines = [(DOCS / study / "comparison.md").read_text().strip(), ""]
     methods = _by(rows, "method")
     if "full" in methods:
-        full = _finals(methods["full"])
         full_up = statistics.fmean(float(r["upload_per_client_per_round"])
                                    for r in methods["full"])
         lines += ["| method | final − full (points, mean ± std over seeds) | "
@@ -171,7 +174,8 @@ def report(study: str) -> str:
         for method, group in methods.items():
             if method == "full":
                 continue
-            gaps = [a - b for a, b in zip(_finals(group), full)]  # paired by seed order
+            gaps = [float(a["final"]) - float(b["final"])
+                    for a, b in paired_by_seed(group, methods["full"], ("seed", *VARIED_KEYS))]
             up = statistics.fmean(float(r["upload_per_client_per_round"]) for r in group)
             lines.append(f"| {method} | {_pm(gaps, 100)} | {full_up / up:,.0f}x fewer |")
         lines.append("")
@@ -189,11 +193,9 @@ def report(study: str) -> str:
             lines.append("")
     if "sparse-local" in methods:
         lines += _union_growth(study, methods["sparse-local"])
-    # its own reference (sst2-cosine -> sst2-cosine-central), else the task's (sst2-central)
-    for central in (f"{study}-central", study.split("-")[0] + "-central"):
-        if central != study and (DOCS / central / "comparison.csv").is_file():
-            lines += _below_central(methods, _by(_rows(central), "method"), central)
-            break
+    central = CENTRAL.get(study)
+    if central and (DOCS / central / "comparison.csv").is_file():
+        lines += _below_central(methods, _by(_rows(central), "method"), central)
     return "\n".join(lines)
 
 
@@ -229,20 +231,37 @@ def _union_growth(study: str, runs: list[dict]) -> list[str]:
 
 def _below_central(federated: dict[str, list[dict]], central: dict[str, list[dict]],
                    central_study: str) -> list[str]:
-    """Federated finals against central ones, and the central round that first reached the
-    federated final: how many rounds of central training the federation's budget is worth."""
-    lines = ["| method | central final | federated final | points below central | "
-             "central reached it by round |", "|---|---:|---:|---:|---:|"]
+    """Federated finals against central ones on the seeds both have, and the central round
+    that first reached the federated final: how many rounds of central training the
+    federation's budget is worth."""
+    lines = ["| method | seeds | central final | federated final | points below central | "
+             "central reached it by round |", "|---|---|---:|---:|---:|---:|"]
     for method, group in federated.items():
-        if method in central:
-            c, f = _finals(central[method]), _finals(group)
-            federated_mean = statistics.fmean(f)
-            curve = mean_curve([read_history(DOCS / central_study / r["run"])
-                                for r in central[method]], group[0]["metric"])
-            lines.append(f"| {method} | {_pm(c)} | {_pm(f)} | "
-                         f"{100 * (statistics.fmean(c) - federated_mean):.1f} | "
-                         f"{first_round_reaching(curve, federated_mean) or '–'} |")
+        pairs = paired_by_seed(central.get(method, []), group)
+        if not pairs:
+            continue
+        c, f = _finals([a for a, _ in pairs]), _finals([b for _, b in pairs])
+        federated_mean = statistics.fmean(f)
+        curve = mean_curve([read_history(DOCS / central_study / a["run"]) for a, _ in pairs],
+                           group[0]["metric"])
+        seeds = ", ".join(a["seed"] for a, _ in pairs)
+        lines.append(f"| {method} | {seeds} | {_pm(c)} | {_pm(f)} | "
+                     f"{100 * (statistics.fmean(c) - federated_mean):.1f} | "
+                     f"{first_round_reaching(curve, federated_mean) or '–'} |")
     return lines + [""]
+
+
+def paired_by_seed(first: list[dict], second: list[dict],
+                   keys: tuple[str, ...] = ("seed",)) -> list[tuple[dict, dict]]:
+    """The rows of two groups equal on `keys` (the seed, and for runs of one comparison its
+    varied settings), in seed order: a mean over seeds only one side has run would compare
+    different shards."""
+    def key(row: dict) -> tuple:
+        return tuple(row.get(name) for name in keys)
+
+    by_key = {key(row): row for row in second}
+    return [(row, by_key[key(row)]) for row in sorted(first, key=lambda r: int(r["seed"]))
+            if key(row) in by_key]
 
 
 def mean_curve(histories: list[list[dict]], metric: str) -> list[float]:

@@ -1,8 +1,9 @@
-"""The studies' report: how many central rounds a federated budget is worth."""
+"""The studies' report: how many central rounds a federated budget is worth, on the seeds
+both sides ran."""
 
 import pytest
 
-from benchmarks.study import first_round_reaching, mean_curve
+from benchmarks.study import first_round_reaching, mean_curve, paired_by_seed
 
 
 def _history(values: list[float]) -> list[dict]:
@@ -19,3 +20,20 @@ def test_the_first_central_round_reaching_a_federated_final():
     assert first_round_reaching(curve, 0.74) == 2  # not round 3, which also reaches it
     assert first_round_reaching(curve, 0.8) == 4  # equal counts as reached
     assert first_round_reaching(curve, 0.81) is None  # central never got there
+
+
+def test_central_and_federated_runs_pair_on_the_seeds_both_have():
+    central = [{"seed": "2", "final": "0.86"}, {"seed": "1", "final": "0.85"}]
+    federated = [{"seed": s, "final": f} for s, f in (("1", "0.80"), ("3", "0.70"), ("2", "0.82"))]
+    pairs = paired_by_seed(central, federated)
+    assert [(a["final"], b["final"]) for a, b in pairs] == [("0.85", "0.80"), ("0.86", "0.82")]
+    assert paired_by_seed(central, [{"seed": "3", "final": "0.7"}]) == []
+
+
+def test_a_comparisons_runs_pair_on_the_seed_and_its_varied_settings():
+    def rows(*cells: tuple[str, str]) -> list[dict]:
+        return [{"seed": "1", "dp_noise_multiplier": z, "final": f} for z, f in cells]
+
+    noisy, full = rows(("0", "0.8"), ("1", "0.6")), rows(("1", "0.7"), ("0", "0.9"))
+    pairs = paired_by_seed(noisy, full, ("seed", "dp_noise_multiplier"))
+    assert [(a["final"], b["final"]) for a, b in pairs] == [("0.8", "0.9"), ("0.6", "0.7")]
