@@ -1,8 +1,11 @@
 """The studies' report: how many central rounds a federated budget is worth, on the seeds
 both sides ran."""
 
+import csv
+
 import pytest
 
+from benchmarks import study
 from benchmarks.study import first_round_reaching, mean_curve, paired_by_seed
 
 
@@ -37,3 +40,16 @@ def test_a_comparisons_runs_pair_on_the_seed_and_its_varied_settings():
     noisy, full = rows(("0", "0.8"), ("1", "0.6")), rows(("1", "0.7"), ("0", "0.9"))
     pairs = paired_by_seed(noisy, full, ("seed", "dp_noise_multiplier"))
     assert [(a["final"], b["final"]) for a, b in pairs] == [("0.8", "0.9"), ("0.6", "0.7")]
+
+
+def test_central_rows_join_studies_and_keep_the_first_studys_run_of_a_seed(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "DOCS", tmp_path)
+    for name, rows in (("a", [("full", "1", "0.85"), ("full", "2", "0.86")]),
+                       ("b", [("full", "1", "0.10"), ("lora", "1", "0.84")])):
+        (tmp_path / name).mkdir()
+        with open(tmp_path / name / "comparison.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerows([("method", "seed", "final"), *rows])
+    rows = study._central_rows(("a", "b", "missing"))
+    assert sorted((r["study"], r["method"], r["seed"], r["final"]) for r in rows) == [
+        ("a", "full", "1", "0.85"), ("a", "full", "2", "0.86"), ("b", "lora", "1", "0.84")]
