@@ -115,6 +115,7 @@ def server_optimizer_for(cfg: RunConfig, lr_by_key: Mapping[str, float]) -> Serv
     tau is a tenth of the unscaled rate: it is measured against the update's size, which
     follows the local rate, not the server step."""
     rates = {k: cfg.server_lr or lr for k, lr in lr_by_key.items()}
-    lrs = {k: rate if cfg.server_lr else cfg.server_lr_scale * rate for k, rate in rates.items()}
+    scale = 1.0 if cfg.server_lr else cfg.server_lr_scale
+    lrs = {k: scale * rate for k, rate in rates.items()}
     taus = {k: cfg.server_tau or rate / 10 for k, rate in rates.items()}
     return build_server_optimizer(cfg.server_opt, lrs, cfg.server_beta1, cfg.server_beta2, taus)

@@ -1,11 +1,11 @@
 """`fedpafi compare`: one federation, several methods and settings, each over several seeds.
 
 Every run shares one RunConfig (partitions, budget); only the method, the listed settings
-(codec, server optimizer, mask criterion, sparsity, aggregator, poison fraction, DP noise
-multiplier, server step scale) and the seed vary, so the differences are theirs. A seed changes the
-partitions, the head's initialisation and the data order, as it does for a single run.
-Each run is an ordinary run folder inside the comparison folder; the CSV, table and plots
-are rebuilt from those folders after every run.
+(codec, server optimizer, and the comparison's VARIED_KEYS: mask criterion, sparsity,
+aggregator, poison fraction, DP noise multiplier, server step scale) and the seed vary, so
+the differences are theirs. A seed changes the partitions, the head's initialisation and
+the data order, as it does for a single run. Each run is an ordinary run folder inside the
+comparison folder; the CSV, table and plots are rebuilt from those folders after every run.
 
 Run the same command again (same --run-name) and an interrupted comparison resumes: a
 finished run is skipped, a run cut short continues from its last checkpoint.
@@ -25,6 +25,7 @@ from common import plots
 from common.comparison import (
     COLUMNS,
     TARGET_FRACTION,
+    VARIED_KEYS,
     comparison_target,
     markdown_table,
     read_history,
@@ -36,8 +37,7 @@ from common.errors import ConfigError
 from common.run_folder import CHECKPOINT, RunFolder
 
 # compare options that take a comma list; each value is one axis of the grid
-LIST_OPTIONS = ("codec", "server_opt", "mask_criterion", "sparsity", "aggregator",
-                "poison_fraction", "dp_noise_multiplier", "server_lr_scale")
+LIST_OPTIONS = ("codec", "server_opt", *VARIED_KEYS)
 # settings a resumed comparison may change without changing what a run computes
 FREE_SETTINGS = ("out", "run-name", "data-dir", "verbose", "device", "client-cpus", "client-gpus",
                  "round-timeout")
