@@ -116,6 +116,10 @@ SST2_CENTRAL = ("sst2-cosine-central", "sst2-central")
 CENTRAL = {**{study: SST2_CENTRAL for study in ("sst2-cosine", "sst2-a0.1", "sst2-iid",
                                                 "sst2-fedadam", "sst2-fedadam-x3")},
            **{study: ("mrpc-a0.5-central",) for study in ("mrpc-a0.5", "mrpc-iid")}}
+# the studies that change one setting of the first table (sst2-cosine): each method's final
+# reads against that table's, seed by seed
+BASELINE = {study: "sst2-cosine" for study in ("sst2-a0.1", "sst2-iid", "sst2-fedadam",
+                                               "sst2-fedadam-x3", "sst2-cosine-20")}
 KEPT = ("comparison.csv", "comparison.md", "*.png")
 KEPT_PER_RUN = ("config.json", "summary.json", "rounds.jsonl", "*.png")
 
@@ -164,8 +168,8 @@ def _pm(values: list[float], scale: float = 1.0) -> str:
 
 def report(study: str) -> str:
     """The published table, plus what the study is for: the gap to full fine-tuning and the
-    byte ratio, the ordering of mask criteria, the union of client masks, the distance to
-    the central reference."""
+    byte ratio, the ordering of mask criteria, the union of client masks, the difference to
+    the study it changes one setting of, the distance to the central reference."""
     rows = _rows(study)
     lines = [(DOCS / study / "comparison.md").read_text().strip(), ""]
     methods = _by(rows, "method")
@@ -196,6 +200,8 @@ def report(study: str) -> str:
             lines.append("")
     if "sparse-local" in methods:
         lines += _union_growth(study, methods["sparse-local"])
+    if study in BASELINE and (DOCS / BASELINE[study] / "comparison.csv").is_file():
+        lines += _against(methods, _by(_rows(BASELINE[study]), "method"), BASELINE[study])
     central = _central_rows(CENTRAL.get(study, ()))
     if central:
         lines += _below_central(methods, _by(central, "method"))
@@ -229,6 +235,22 @@ def _union_growth(study: str, runs: list[dict]) -> list[str]:
         lines.append(f"| {records[0]['round']} | {mean(r['union_values'] for r in records):,.0f} | "
                      f"{human_bytes(mean(r['bytes_up_per_client'] for r in records))} | "
                      f"{human_bytes(mean(r['bytes_down_per_client'] for r in records))} |")
+    return lines + [""]
+
+
+def _against(runs: dict[str, list[dict]], baseline: dict[str, list[dict]], name: str
+             ) -> list[str]:
+    """Each method's finals against the baseline study's on the seeds both ran: the
+    difference seed by seed, so that a shared hard seed does not widen the spread."""
+    lines = [f"| method | seeds | {name} final | final | − {name} (points, mean ± std) |",
+             "|---|---|---:|---:|---:|"]
+    for method, group in runs.items():
+        pairs = paired_by_seed(group, baseline.get(method, []))
+        if pairs:
+            mine, theirs = _finals([a for a, _ in pairs]), _finals([b for _, b in pairs])
+            lines.append(f"| {method} | {', '.join(a['seed'] for a, _ in pairs)} | "
+                         f"{_pm(theirs)} | {_pm(mine)} | "
+                         f"{_pm([a - b for a, b in zip(mine, theirs)], 100)} |")
     return lines + [""]
 
 

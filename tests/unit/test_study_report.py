@@ -53,3 +53,16 @@ def test_central_rows_join_studies_and_keep_the_first_studys_run_of_a_seed(tmp_p
     rows = study._central_rows(("a", "b", "missing"))
     assert sorted((r["study"], r["method"], r["seed"], r["final"]) for r in rows) == [
         ("a", "full", "1", "0.85"), ("a", "full", "2", "0.86"), ("b", "lora", "1", "0.84")]
+
+
+def test_a_study_reads_against_its_baseline_seed_by_seed_on_the_seeds_both_ran():
+    def runs(*cells: tuple[str, str, str]) -> dict[str, list[dict]]:
+        return study._by([{"method": m, "seed": s, "final": f} for m, s, f in cells], "method")
+
+    fedadam = runs(("pafi", "1", "0.80"), ("pafi", "2", "0.70"), ("pafi", "3", "0.75"),
+                   ("lora", "1", "0.60"))
+    fedavg = runs(("pafi", "2", "0.74"), ("pafi", "1", "0.82"), ("bitfit", "1", "0.7"))
+    lines = study._against(fedadam, fedavg, "sst2-cosine")
+    # pafi: seeds 1 and 2 only (fedavg has no seed 3): -2 and -4 points, mean -3, std 1.4;
+    # lora has no baseline run and gets no row
+    assert lines[2:] == ["| pafi | 1, 2 | 0.7800 ± 0.0566 | 0.7500 ± 0.0707 | -3.0 ± 1.4 |", ""]
