@@ -161,6 +161,11 @@ def _finals(rows: list[dict]) -> list[float]:
     return [float(row["final"]) for row in rows]
 
 
+def _paired_finals(pairs: list[tuple[dict, dict]]) -> tuple[list[float], list[float]]:
+    """The finals of each side of paired rows, in pair order."""
+    return _finals([a for a, _ in pairs]), _finals([b for _, b in pairs])
+
+
 def _pm(values: list[float], scale: float = 1.0) -> str:
     mean, std = mean_std([scale * v for v in values])
     return f"{mean:.1f} ± {std:.1f}" if scale != 1.0 else f"{mean:.4f} ± {std:.4f}"
@@ -181,8 +186,9 @@ def report(study: str) -> str:
         for method, group in methods.items():
             if method == "full":
                 continue
-            gaps = [float(a["final"]) - float(b["final"])
-                    for a, b in paired_by_seed(group, methods["full"], ("seed", *VARIED_KEYS))]
+            mine, full = _paired_finals(paired_by_seed(group, methods["full"],
+                                                       ("seed", *VARIED_KEYS)))
+            gaps = [a - b for a, b in zip(mine, full)]
             up = statistics.fmean(float(r["upload_per_client_per_round"]) for r in group)
             lines.append(f"| {method} | {_pm(gaps, 100)} | {full_up / up:,.0f}x fewer |")
         lines.append("")
@@ -247,7 +253,7 @@ def _against(runs: dict[str, list[dict]], baseline: dict[str, list[dict]], name:
     for method, group in runs.items():
         pairs = paired_by_seed(group, baseline.get(method, []))
         if pairs:
-            mine, theirs = _finals([a for a, _ in pairs]), _finals([b for _, b in pairs])
+            mine, theirs = _paired_finals(pairs)
             lines.append(f"| {method} | {', '.join(a['seed'] for a, _ in pairs)} | "
                          f"{_pm(theirs)} | {_pm(mine)} | "
                          f"{_pm([a - b for a, b in zip(mine, theirs)], 100)} |")
@@ -276,7 +282,7 @@ def _below_central(federated: dict[str, list[dict]], central: dict[str, list[dic
         pairs = paired_by_seed(central.get(method, []), group)
         if not pairs:
             continue
-        c, f = _finals([a for a, _ in pairs]), _finals([b for _, b in pairs])
+        c, f = _paired_finals(pairs)
         federated_mean = statistics.fmean(f)
         curve = mean_curve([read_history(DOCS / a["study"] / a["run"]) for a, _ in pairs],
                            group[0]["metric"])
